@@ -1,0 +1,242 @@
+"""Command line: flags, subcommands, wiring and exit codes (0 ok, 1 failure, 2 bad input)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from types import FrameType
+from typing import NoReturn
+
+from prometheus_client import CollectorRegistry
+
+from exporter import __version__, logs, webconfig
+from exporter.collector import UsageCollector
+from exporter.config import Config, ProjectConfig, TokenSource, load_config
+from exporter.errors import ConfigError
+from exporter.poller import Poller
+from exporter.simulator import Simulator, demo_projects
+from exporter.snapshot import ConfigStatus, Store
+from exporter.web import App, MetricsCache, Routes, WebServer, WsgiApp, parse_listen_address
+
+log = logging.getLogger("exporter")
+
+PROG = "x-usage-exporter"
+DEFAULT_LISTEN = ":9879"
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+DEMO_POLL_INTERVAL = 30.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """One line on stderr and exit code 2 for bad flags, instead of argparse's usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _add_config_flag(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument(
+        "--config.file",
+        dest="config_file",
+        metavar="PATH",
+        required=required,
+        help="YAML configuration; without it X_BEARER_TOKEN alone monitors one project",
+    )
+
+
+def _add_log_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log.level", dest="log_level", choices=logs.LEVELS, default="info")
+    parser.add_argument("--log.format", dest="log_format", choices=logs.FORMATS, default="logfmt")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Prometheus exporter for X API pay-per-use usage.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    _add_config_flag(parser)
+    parser.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"where to serve (default {DEFAULT_LISTEN})",
+    )
+    parser.add_argument(
+        "--web.telemetry-path", dest="telemetry_path", default="/metrics", metavar="PATH"
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
+        help="TLS and basic auth, in the exporter-toolkit web config format",
+    )
+    parser.add_argument(
+        "--demo", action="store_true", help="serve a simulated X API project: no token, no network"
+    )
+    _add_log_flags(parser)
+    return parser
+
+
+def build_check_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=f"{PROG} check-config", description="Validate the config and exit.")
+    _add_config_flag(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if args and args[0] == "check-config":
+            return check_config(build_check_parser().parse_args(args[1:]))
+        return serve(build_parser().parse_args(args))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _config_errors(exc: ConfigError) -> int:
+    for problem in exc.problems:
+        sys.stderr.write(f"{PROG}: config error: {problem}\n")
+    return EXIT_USAGE
+
+
+def check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as exc:
+        return _config_errors(exc)
+    for warning in config.warnings():
+        sys.stderr.write(f"{PROG}: warning: {warning}\n")
+    names = ", ".join(project.name for project in config.projects)
+    sys.stdout.write(f"{config.source}: ok, {len(config.projects)} project(s): {names}\n")
+    return EXIT_OK
+
+
+def _demo_config(simulator: Simulator) -> Config:
+    """Point the exporter at the embedded simulator; tokens pass through the environment."""
+    projects = []
+    for index, project in enumerate(simulator.projects.values()):
+        variable = f"X_USAGE_EXPORTER_DEMO_TOKEN_{index}"
+        os.environ[variable] = project.token
+        name = "production" if index == 0 else "research"
+        budget, limit = (12_000.0, 16_000.0) if index == 0 else (None, None)
+        projects.append(ProjectConfig(name, TokenSource(env=variable), budget, limit))
+    return Config(
+        projects=tuple(projects),
+        api_base_url=simulator.url,
+        poll_interval=DEMO_POLL_INTERVAL,
+        source="--demo",
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    logs.setup(args.log_level, args.log_format)
+    try:
+        address = parse_listen_address(args.listen_address)
+    except ValueError as exc:
+        sys.stderr.write(f"{PROG}: error: --web.listen-address: {exc}\n")
+        return EXIT_USAGE
+    if not args.telemetry_path.startswith("/"):
+        sys.stderr.write(f"{PROG}: error: --web.telemetry-path: must start with /\n")
+        return EXIT_USAGE
+    if args.demo and args.config_file:
+        sys.stderr.write(f"{PROG}: error: --demo and --config.file exclude each other\n")
+        return EXIT_USAGE
+
+    ssl_context = None
+    if args.web_config_file:
+        try:
+            web_config = webconfig.load(args.web_config_file)
+        except ConfigError as exc:
+            return _config_errors(exc)
+        ssl_context = web_config.ssl_context()
+    else:
+        web_config = None
+
+    simulator: Simulator | None = None
+    if args.demo:
+        simulator = Simulator(demo_projects(datetime.now(UTC)))
+        simulator.start()
+        config = _demo_config(simulator)
+    else:
+        try:
+            config = load_config(args.config_file)
+        except ConfigError as exc:
+            return _config_errors(exc)
+    for warning in config.warnings():
+        log.warning("config warning: %s", warning)
+
+    store = Store(ConfigStatus(config.poll_interval, True, time.time()))
+    poller = Poller(config, store)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(UsageCollector(store))
+    reload_lock = threading.Lock()
+
+    def reload() -> str | None:
+        with reload_lock:
+            if args.demo:
+                return None
+            try:
+                new = load_config(args.config_file)
+            except ConfigError as exc:
+                poller.reload_failed()
+                log.error("reload failed, keeping the running config: %s", "; ".join(exc.problems))
+                return "; ".join(exc.problems)
+            poller.reload(new)
+            log.info("config reloaded source=%s projects=%d", new.source, len(new.projects))
+            return None
+
+    routes = Routes(args.telemetry_path, lambda: poller.ready, reload)
+    app: WsgiApp = App(routes, MetricsCache(registry, store, _now), store, _now)
+    if web_config is not None:
+        app = web_config.wrap(app)
+    try:
+        server = WebServer(app, address, ssl_context)
+    except OSError as exc:
+        sys.stderr.write(f"{PROG}: error: cannot listen on {args.listen_address}: {exc.strerror}\n")
+        poller.stop()
+        return EXIT_FAILURE
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if signum == signal.SIGHUP:
+            threading.Thread(target=reload, name="reload", daemon=True).start()
+        else:
+            stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+
+    server.start()
+    poller.start()
+    log.info(
+        "listening address=%s port=%d projects=%d poll_interval=%gs demo=%s",
+        args.listen_address,
+        server.port,
+        len(config.projects),
+        config.poll_interval,
+        args.demo,
+    )
+    stop.wait()
+    log.info("shutting down")
+    server.stop()
+    poller.stop()
+    if simulator is not None:
+        simulator.stop()
+    return EXIT_OK
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

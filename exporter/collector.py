@@ -1,0 +1,312 @@
+"""Prometheus collector: renders the store's immutable snapshots into metric families, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__, billing
+from exporter.client import Endpoint
+from exporter.errors import Reason
+from exporter.parse import USAGE_FIELDS
+from exporter.poller import TOKEN_REASON, utc_now
+from exporter.snapshot import ProjectState, Store
+
+PROJECT = ["project", "project_id"]
+APP = ["project", "project_id", "app_id"]
+CACHED = "Cached: refreshed every poll_interval, never fetched at scrape time."
+POLL_REASONS = [reason.value for reason in Reason] + [TOKEN_REASON]
+
+
+class _Families:
+    """Declares every family once, so that each has its HELP and TYPE even with no sample."""
+
+    def __init__(self) -> None:
+        self.items: list[Metric] = []
+
+    def gauge(self, name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, f"{doc} {CACHED}", labels=labels)
+        self.items.append(family)
+        return family
+
+    def counter(self, name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, f"{doc} {CACHED}", labels=labels)
+        self.items.append(family)
+        return family
+
+
+class UsageCollector(Collector):
+    """Reads the store at collect time; holds no metric state of its own."""
+
+    def __init__(self, store: Store, clock: Callable[[], datetime] = utc_now) -> None:
+        self._store = store
+        self._clock = clock
+
+    def describe(self) -> Iterator[Metric]:
+        # Nothing to describe up front: registering must not run collect().
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        now = self._clock()
+        f = _Families()
+        info = f.gauge("xapi_project_info", "Project known to the exporter, always 1.", PROJECT)
+        cap = f.gauge("xapi_project_cap_posts", "Monthly Post cap (project_cap).", PROJECT)
+        reset_day = f.gauge(
+            "xapi_project_cap_reset_day", "cap_reset_day as the X API sent it.", PROJECT
+        )
+        cycle_start = f.gauge(
+            "xapi_project_cycle_start_timestamp_seconds", "Start of the billing cycle.", PROJECT
+        )
+        cycle_end = f.gauge(
+            "xapi_project_cycle_end_timestamp_seconds",
+            "End of the billing cycle, when the cap resets.",
+            PROJECT,
+        )
+        consumed = f.gauge(
+            "xapi_project_posts_consumed", "Posts consumed this billing cycle.", PROJECT
+        )
+        today = f.gauge(
+            "xapi_project_posts_consumed_today", "Posts consumed this UTC day so far.", PROJECT
+        )
+        baseline = f.gauge(
+            "xapi_project_posts_consumed_daily_baseline",
+            "Median Posts per day over the last 7 complete UTC days.",
+            PROJECT,
+        )
+        utilization = f.gauge(
+            "xapi_project_cap_utilization_ratio", "Posts consumed / monthly cap.", PROJECT
+        )
+        projected = f.gauge(
+            "xapi_project_posts_projected", "Forecast Posts consumed at cycle end.", PROJECT
+        )
+        lower = f.gauge(
+            "xapi_project_posts_projected_lower",
+            "Lower bound of the 80% band of the cycle-end forecast.",
+            PROJECT,
+        )
+        upper = f.gauge(
+            "xapi_project_posts_projected_upper",
+            "Upper bound of the 80% band of the cycle-end forecast.",
+            PROJECT,
+        )
+        exhaustion = f.gauge(
+            "xapi_project_cap_exhaustion_timestamp_seconds",
+            "When the forecast reaches the cap; absent if not within this cycle.",
+            PROJECT,
+        )
+        spend = f.gauge(
+            "xapi_project_spend_usd", "Estimated Post-read spend this billing cycle.", PROJECT
+        )
+        spend_projected = f.gauge(
+            "xapi_project_spend_projected_usd",
+            "Forecast Post-read spend at cycle end.",
+            PROJECT,
+        )
+        budget = f.gauge("xapi_project_budget_usd", "Configured monthly budget.", PROJECT)
+        limit = f.gauge(
+            "xapi_project_spending_limit_usd", "Configured spending limit per cycle.", PROJECT
+        )
+        capped = f.gauge(
+            "xapi_project_usage_capped",
+            "1 while the X API answers UsageCapExceeded for this project.",
+            PROJECT,
+        )
+        price = f.gauge(
+            "xapi_project_pricing_post_read_usd",
+            "Price per Post read used by the spend figures.",
+            PROJECT,
+        )
+        reward = f.gauge(
+            "xapi_project_xai_reward_ratio",
+            "xAI credit reward rate reached by this cycle's estimated spend.",
+            PROJECT,
+        )
+        next_tier = f.gauge(
+            "xapi_project_xai_reward_next_tier_spend_usd",
+            "Estimated spend still needed for the next xAI reward tier.",
+            PROJECT,
+        )
+        newest = f.gauge(
+            "xapi_project_data_newest_day_timestamp_seconds",
+            "Start of the newest UTC day in the daily data.",
+            PROJECT,
+        )
+        app_consumed = f.gauge(
+            "xapi_app_posts_consumed", "Posts consumed this billing cycle by the App.", APP
+        )
+        app_today = f.gauge(
+            "xapi_app_posts_consumed_today", "Posts consumed this UTC day by the App.", APP
+        )
+        missing = f.gauge(
+            "xapi_exporter_response_missing_field",
+            "1 for each documented field the last usage answer lacked.",
+            ["project", "field"],
+        )
+        credits_available = f.gauge(
+            "xapi_credits_available", "1 when /2/usage/credits answers.", ["project"]
+        )
+        credit_families = {
+            "total": f.gauge("xapi_credits_total_balance_usd", "Credit balance.", ["project"]),
+            "prepaid": f.gauge(
+                "xapi_credits_prepaid_balance_usd", "Prepaid credit balance.", ["project"]
+            ),
+            "free": f.gauge("xapi_credits_free_balance_usd", "Free credit balance.", ["project"]),
+        }
+        depletion = f.gauge(
+            "xapi_credits_depletion_timestamp_seconds",
+            "When the credit balance runs out at the last 7 days' Post-read spend.",
+            ["project"],
+        )
+        success = f.gauge(
+            "xapi_exporter_poll_success", "1 if the last poll succeeded.", ["project"]
+        )
+        poll_error = f.gauge(
+            "xapi_exporter_poll_error",
+            "1 for the reason the last poll failed, 0 for the others.",
+            ["project", "reason"],
+        )
+        last_success = f.gauge(
+            "xapi_exporter_last_success_timestamp_seconds",
+            "End of the last successful poll.",
+            ["project"],
+        )
+        duration = f.gauge(
+            "xapi_exporter_poll_duration_seconds",
+            "Duration of the last poll, retries included.",
+            ["project"],
+        )
+        requests = f.counter(
+            "xapi_exporter_upstream_requests",
+            "Requests sent to the X API by endpoint and HTTP status.",
+            ["project", "endpoint", "code"],
+        )
+        errors = f.counter(
+            "xapi_exporter_upstream_errors",
+            "Failed X API requests by reason.",
+            ["project", "endpoint", "reason"],
+        )
+        remaining = f.gauge(
+            "xapi_exporter_rate_limit_remaining",
+            "x-rate-limit-remaining of the last usage answer.",
+            ["project"],
+        )
+        rate_reset = f.gauge(
+            "xapi_exporter_rate_limit_reset_timestamp_seconds",
+            "x-rate-limit-reset of the last usage answer.",
+            ["project"],
+        )
+
+        for name, state in sorted(self._store.states.items()):
+            self._exporter_series(
+                name, state, success, poll_error, last_success, duration, requests, errors
+            )
+            if state.status.rate_limit_remaining is not None:
+                remaining.add_metric([name], state.status.rate_limit_remaining)
+            if state.status.rate_limit_reset is not None:
+                rate_reset.add_metric([name], state.status.rate_limit_reset)
+            if state.credits is not None:
+                credits_available.add_metric([name], 1 if state.credits.available else 0)
+                balance = state.credits.balance
+                if state.credits.available and balance is not None:
+                    credit_families["total"].add_metric([name], balance.total_balance)
+                    credit_families["prepaid"].add_metric([name], balance.prepaid_balance)
+                    credit_families["free"].add_metric([name], balance.free_balance)
+                    if state.credits.depletion is not None:
+                        depletion.add_metric([name], state.credits.depletion.timestamp())
+            usage = state.usage
+            if usage is None:
+                continue
+            labels = [name, usage.project_id]
+            info.add_metric(labels, 1)
+            for field in USAGE_FIELDS:
+                if field in usage.missing:
+                    missing.add_metric([name, field], 1)
+            price.add_metric(labels, usage.post_read_usd)
+            capped.add_metric(labels, 1 if state.status.usage_capped else 0)
+            if usage.cap is not None:
+                cap.add_metric(labels, usage.cap)
+            if usage.cap_reset_day is not None:
+                reset_day.add_metric(labels, usage.cap_reset_day)
+            if state.project.budget_usd is not None:
+                budget.add_metric(labels, state.project.budget_usd)
+            if state.project.spending_limit_usd is not None:
+                limit.add_metric(labels, state.project.spending_limit_usd)
+            if usage.newest_day_timestamp is not None:
+                newest.add_metric(labels, usage.newest_day_timestamp)
+            if usage.daily_baseline is not None:
+                baseline.add_metric(labels, usage.daily_baseline)
+            if now.date() == usage.today:
+                today.add_metric(labels, usage.consumed_today)
+                for app in usage.apps:
+                    app_today.add_metric([*labels, app.app_id], app.today)
+            if now >= usage.cycle.end:
+                # The cycle this answer describes is over: its totals are not the new cycle's.
+                continue
+            cycle_start.add_metric(labels, usage.cycle.start.timestamp())
+            cycle_end.add_metric(labels, usage.cycle.end.timestamp())
+            consumed.add_metric(labels, usage.consumed)
+            if usage.utilization is not None:
+                utilization.add_metric(labels, usage.utilization)
+            projected.add_metric(labels, usage.forecast.projected)
+            lower.add_metric(labels, usage.forecast.lower)
+            upper.add_metric(labels, usage.forecast.upper)
+            if usage.forecast.exhaustion is not None:
+                exhaustion.add_metric(labels, usage.forecast.exhaustion.timestamp())
+            spend.add_metric(labels, usage.spend)
+            spend_projected.add_metric(labels, usage.projected_spend)
+            reward.add_metric(labels, billing.reward_ratio(usage.spend))
+            needed = billing.spend_to_next_tier(usage.spend)
+            if needed is not None:
+                next_tier.add_metric(labels, needed)
+            for app in usage.apps:
+                app_consumed.add_metric([*labels, app.app_id], app.consumed)
+
+        config_status = self._store.config_status
+        f.gauge("xapi_exporter_poll_interval_seconds", "Configured poll_interval.", []).add_metric(
+            [], config_status.poll_interval
+        )
+        f.gauge(
+            "xapi_exporter_config_last_reload_successful",
+            "1 if the last configuration (re)load succeeded.",
+            [],
+        ).add_metric([], 1 if config_status.last_reload_ok else 0)
+        f.gauge(
+            "xapi_exporter_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully.",
+            [],
+        ).add_metric([], config_status.last_reload_success)
+        f.gauge("xapi_exporter_build_info", "Exporter version, always 1.", ["version"]).add_metric(
+            [__version__], 1
+        )
+        yield from f.items
+
+    @staticmethod
+    def _exporter_series(
+        name: str,
+        state: ProjectState,
+        success: GaugeMetricFamily,
+        poll_error: GaugeMetricFamily,
+        last_success: GaugeMetricFamily,
+        duration: GaugeMetricFamily,
+        requests: CounterMetricFamily,
+        errors: CounterMetricFamily,
+    ) -> None:
+        status = state.status
+        if status.success is not None:
+            success.add_metric([name], 1 if status.success else 0)
+            for reason in POLL_REASONS:
+                poll_error.add_metric([name, reason], 1 if status.error_reason == reason else 0)
+        if status.last_success is not None:
+            last_success.add_metric([name], status.last_success.timestamp())
+        if status.duration is not None:
+            duration.add_metric([name], status.duration)
+        for (endpoint, code), count in sorted(state.requests.items()):
+            requests.add_metric([name, endpoint, code], count)
+        # Every reason is present from the start, so that increase() sees the first error.
+        for endpoint in Endpoint:
+            for reason in Reason:
+                count = state.errors.get((endpoint.value, reason.value), 0)
+                errors.add_metric([name, endpoint.value, reason.value], count)

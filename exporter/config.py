@@ -1,0 +1,366 @@
+"""Configuration: YAML (or X_BEARER_TOKEN alone) into frozen, validated objects."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from exporter.errors import ConfigError
+
+DEFAULT_API_BASE_URL = "https://api.x.com"
+DEFAULT_PROJECT_NAME = "default"
+TOKEN_ENV_VAR = "X_BEARER_TOKEN"  # noqa: S105 - a variable name, not a token
+# 50 requests per 15 minutes per App: one poll every 18 s uses the whole budget.
+RATE_LIMIT_MIN_INTERVAL = 15 * 60 / 50
+
+E = TypeVar("E", bound="StrEnum")
+
+_DURATION_RE = re.compile(
+    r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
+)
+_DURATION_UNITS = (365 * 86400.0, 7 * 86400.0, 86400.0, 3600.0, 60.0, 1.0, 0.001)
+
+
+class CapResetDayMeans(StrEnum):
+    """How to read the API's `cap_reset_day` (SPEC section 1 documents both readings)."""
+
+    DAY_OF_MONTH = "day_of_month"
+    DAYS_REMAINING = "days_remaining"
+
+
+class CreditsMode(StrEnum):
+    """Whether to poll /2/usage/credits: auto stops asking after a 404."""
+
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSource:
+    """Where a bearer token lives: a file path or an environment variable name, never the token."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    def describe(self) -> str:
+        return f"file {self.file}" if self.file is not None else f"environment variable {self.env}"
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    post_read_usd: float = 0.005
+    owned_read_usd: float = 0.001
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectConfig:
+    name: str
+    token: TokenSource
+    budget_usd: float | None = None
+    spending_limit_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    projects: tuple[ProjectConfig, ...]
+    api_base_url: str = DEFAULT_API_BASE_URL
+    poll_interval: float = 300.0
+    request_timeout: float = 10.0
+    history_days: int = 90
+    cap_reset_day_means: CapResetDayMeans = CapResetDayMeans.DAY_OF_MONTH
+    credits: CreditsMode = CreditsMode.AUTO
+    pricing: Pricing = field(default_factory=Pricing)
+    source: str = "defaults"
+
+    def warnings(self) -> list[str]:
+        """Problems that do not stop the exporter but that an operator should see at start."""
+        found = []
+        if self.poll_interval < RATE_LIMIT_MIN_INTERVAL:
+            found.append(
+                f"poll_interval: {format_duration(self.poll_interval)} polls more often than the "
+                f"X API's 50 requests per 15 minutes allow (at least "
+                f"{format_duration(RATE_LIMIT_MIN_INTERVAL)}); fine for a simulator only"
+            )
+        return found
+
+
+def parse_duration(text: str) -> float:
+    """A Prometheus duration (`30s`, `5m`, `1h30m`, `250ms`) in seconds; ValueError if malformed."""
+    match = _DURATION_RE.match(text)
+    if not text or match is None:
+        raise ValueError(f"{text!r} is not a duration such as 30s, 5m or 1h")
+    return sum(int(g) * unit for g, unit in zip(match.groups(), _DURATION_UNITS, strict=True) if g)
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest Prometheus-style text for a duration, for messages."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    parts = []
+    rest = round(seconds)
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(parts)
+
+
+class _Checker:
+    """Collects every problem with its dotted key path, so that all are reported at once."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def mapping(self, value: object, path: str, allowed: set[str]) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            self.fail(path, f"must be a mapping, got {_type_name(value)}")
+            return {}
+        for key in value:
+            if key not in allowed:
+                hint = ""
+                if key in {"bearer_token", "token"}:
+                    hint = (
+                        " (tokens are never written inline: use bearer_token_file or "
+                        "bearer_token_env)"
+                    )
+                self.fail(_join(path, str(key)), f"unknown key{hint}")
+        return value
+
+    def duration(self, value: object, path: str, default: float) -> float:
+        if value is None:
+            return default
+        if not isinstance(value, str):
+            self.fail(path, f"must be a duration such as 30s or 5m, got {_type_name(value)}")
+            return default
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            self.fail(path, str(exc))
+            return default
+        if seconds <= 0:
+            self.fail(path, "must be greater than 0")
+            return default
+        return seconds
+
+    def number(self, value: object, path: str, *, positive: bool = False) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            self.fail(path, f"must be a number, got {_type_name(value)}")
+            return None
+        if math.isinf(value):
+            self.fail(path, "must be finite")
+            return None
+        if value < 0 or (positive and value == 0):
+            self.fail(path, "must be greater than 0" if positive else "must not be negative")
+            return None
+        return float(value)
+
+    def choice(self, value: object, path: str, enum: type[E], default: E) -> E:
+        if value is None:
+            return default
+        try:
+            return enum(str(value))
+        except ValueError:
+            names = ", ".join(member.value for member in enum)
+            self.fail(path, f"must be one of {names}, got {value!r}")
+            return default
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _type_name(value: object) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+_TOP_KEYS = {
+    "api_base_url",
+    "poll_interval",
+    "request_timeout",
+    "history_days",
+    "cap_reset_day_means",
+    "credits",
+    "pricing",
+    "projects",
+}
+_PROJECT_KEYS = {
+    "name",
+    "bearer_token_file",
+    "bearer_token_env",
+    "budget_usd",
+    "spending_limit_usd",
+}
+_PRICING_KEYS = {"post_read_usd", "owned_read_usd"}
+
+
+def parse_config(
+    data: object, *, source: str, base_dir: Path, environ: Mapping[str, str]
+) -> Config:
+    """Validate a parsed YAML document; raise ConfigError listing every problem."""
+    check = _Checker()
+    top = check.mapping(data, "", _TOP_KEYS) if data is not None else {}
+    if data is None:
+        check.fail("projects", "the file is empty; at least one project is needed")
+
+    api_base_url = top.get("api_base_url", DEFAULT_API_BASE_URL)
+    if not isinstance(api_base_url, str) or not re.match(r"^https?://[^/\s]+", api_base_url):
+        check.fail("api_base_url", f"must be an http(s) URL, got {api_base_url!r}")
+        api_base_url = DEFAULT_API_BASE_URL
+
+    history_days = top.get("history_days", 90)
+    if isinstance(history_days, bool) or not isinstance(history_days, int):
+        check.fail("history_days", f"must be a whole number, got {_type_name(history_days)}")
+        history_days = 90
+    elif not 1 <= history_days <= 90:
+        check.fail(
+            "history_days", f"must be between 1 and 90 (the API's limit), got {history_days}"
+        )
+        history_days = 90
+
+    pricing_raw = check.mapping(top.get("pricing", {}), "pricing", _PRICING_KEYS)
+    defaults = Pricing()
+    post = check.number(pricing_raw.get("post_read_usd"), "pricing.post_read_usd")
+    owned = check.number(pricing_raw.get("owned_read_usd"), "pricing.owned_read_usd")
+    pricing = Pricing(
+        post_read_usd=defaults.post_read_usd if post is None else post,
+        owned_read_usd=defaults.owned_read_usd if owned is None else owned,
+    )
+
+    projects = _parse_projects(check, top.get("projects"), base_dir, environ)
+    config = Config(
+        projects=tuple(projects),
+        api_base_url=api_base_url.rstrip("/"),
+        poll_interval=check.duration(top.get("poll_interval"), "poll_interval", 300.0),
+        request_timeout=check.duration(top.get("request_timeout"), "request_timeout", 10.0),
+        history_days=history_days,
+        cap_reset_day_means=check.choice(
+            top.get("cap_reset_day_means"),
+            "cap_reset_day_means",
+            CapResetDayMeans,
+            CapResetDayMeans.DAY_OF_MONTH,
+        ),
+        credits=check.choice(top.get("credits"), "credits", CreditsMode, CreditsMode.AUTO),
+        pricing=pricing,
+        source=source,
+    )
+    if check.problems:
+        raise ConfigError(check.problems)
+    return config
+
+
+def _parse_projects(
+    check: _Checker, raw: object, base_dir: Path, environ: Mapping[str, str]
+) -> list[ProjectConfig]:
+    if raw is None:
+        check.fail("projects", "at least one project is needed")
+        return []
+    if not isinstance(raw, list) or not raw:
+        check.fail("projects", "must be a non-empty list of projects")
+        return []
+    projects: list[ProjectConfig] = []
+    seen: set[str] = set()
+    for index, item in enumerate(raw):
+        path = f"projects[{index}]"
+        entry = check.mapping(item, path, _PROJECT_KEYS)
+        if not entry:
+            continue
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip():
+            check.fail(f"{path}.name", "must be a non-empty string")
+            continue
+        if name in seen:
+            check.fail(f"{path}.name", f"duplicate project name {name!r}")
+        seen.add(name)
+        token = _token_source(check, entry, path, base_dir, environ)
+        budget = check.number(entry.get("budget_usd"), f"{path}.budget_usd", positive=True)
+        limit = check.number(
+            entry.get("spending_limit_usd"), f"{path}.spending_limit_usd", positive=True
+        )
+        if token is not None:
+            projects.append(ProjectConfig(name, token, budget, limit))
+    return projects
+
+
+def _token_source(
+    check: _Checker,
+    entry: Mapping[str, Any],
+    path: str,
+    base_dir: Path,
+    environ: Mapping[str, str],
+) -> TokenSource | None:
+    file_value, env_value = entry.get("bearer_token_file"), entry.get("bearer_token_env")
+    if (file_value is None) == (env_value is None):
+        check.fail(path, "needs exactly one of bearer_token_file or bearer_token_env")
+        return None
+    if file_value is not None:
+        key = f"{path}.bearer_token_file"
+        if not isinstance(file_value, str) or not file_value:
+            check.fail(key, "must be a file path")
+            return None
+        token_path = Path(file_value)
+        if not token_path.is_absolute():
+            token_path = base_dir / token_path
+        try:
+            content = token_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            check.fail(key, f"no such file: {token_path}")
+            return None
+        except (OSError, UnicodeDecodeError) as exc:
+            check.fail(key, f"cannot read {token_path}: {exc.__class__.__name__}")
+            return None
+        if not content.strip():
+            check.fail(key, f"{token_path} is empty")
+            return None
+        return TokenSource(file=token_path)
+    key = f"{path}.bearer_token_env"
+    if not isinstance(env_value, str) or not env_value:
+        check.fail(key, "must be an environment variable name")
+        return None
+    if not environ.get(env_value, "").strip():
+        check.fail(key, f"environment variable {env_value} is not set or empty")
+        return None
+    return TokenSource(env=env_value)
+
+
+def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read the config file, or fall back to X_BEARER_TOKEN alone when no file is given."""
+    env = os.environ if environ is None else environ
+    if path is None:
+        if not env.get(TOKEN_ENV_VAR, "").strip():
+            raise ConfigError(
+                [f"--config.file: no config file given and {TOKEN_ENV_VAR} is not set"]
+            )
+        project = ProjectConfig(DEFAULT_PROJECT_NAME, TokenSource(env=TOKEN_ENV_VAR))
+        return Config(projects=(project,), source=TOKEN_ENV_VAR)
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.__class__.__name__}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{path}: invalid YAML{where}: {problem}"]) from None
+    try:
+        return parse_config(data, source=path, base_dir=file.parent, environ=env)
+    except ConfigError as exc:
+        raise ConfigError([f"{path}: {problem}" for problem in exc.problems]) from None

@@ -1,0 +1,57 @@
+"""The exporter's one small error hierarchy; caught at the edges (CLI, poll job, web handler)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ExporterError(Exception):
+    """Base of every error the exporter raises on purpose."""
+
+
+class ConfigError(ExporterError):
+    """The configuration is invalid; `problems` holds one line per problem, each naming its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class Reason(StrEnum):
+    """Why a request to the X API failed: the `reason` label of the error metrics."""
+
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
+    USAGE_CAPPED = "usage_capped"
+    SERVER_ERROR = "server_error"
+    CLIENT_ERROR = "client_error"  # any other 4xx, e.g. a 404 from a wrong api_base_url
+    TIMEOUT = "timeout"
+    NETWORK = "network"
+    PARSE = "parse"
+
+
+class UpstreamError(ExporterError):
+    """A request to the X API failed. The message never contains the bearer token."""
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_at: float | None = None,
+    ) -> None:
+        self.reason = reason
+        self.status = status
+        # For rate limits: the epoch second before which the token must not be used again.
+        self.retry_at = retry_at
+        super().__init__(message)
+
+
+class TokenError(ExporterError):
+    """The bearer token could not be read from its file or environment variable."""
+
+
+class ParseError(ExporterError):
+    """An X API answer is not the documented JSON; the message names the field path."""

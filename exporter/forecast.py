@@ -1,0 +1,315 @@
+"""Forecast of a project's Posts to the end of its billing cycle, with a band and the cap time."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+
+__all__ = ["Forecast", "daily_baseline", "forecast_cycle"]
+
+_DAY = timedelta(days=1)
+
+# Defaults chosen from first principles, not fitted to the benchmark (docs/forecasting.md).
+FIT_WINDOW_DAYS = 28  # four whole weeks: recent enough to follow growth, long enough to be robust
+MIN_TREND_DAYS = 7  # fewer days than a week cannot tell a trend from the weekly rhythm
+MIN_SEGMENT_DAYS = 3  # a level shift must hold for three whole days before it is believed
+TREND_DAMPING = 0.98  # per day: a trend loses half its strength in about five weeks
+WEEKDAY_PRIOR_WEEKS = 2.0  # weekday factors are shrunk toward 1 as if seen on 2 flat weeks
+BACKTEST_ORIGINS = 21  # the band comes from the model's own errors from the last 21 days' origins
+PRIOR_LOG_SD = 0.3  # error assumed before any backtest exists (about 30%) ...
+PRIOR_WEIGHT = 1.0  # ... worth one backtest error
+MIN_PACE_SHARE = 0.25  # today's pace replaces a lone first day once a quarter of today has passed
+MAX_LOG_SD = 1.0  # bounds the lognormal mean correction on wild series
+Z_80 = 1.2815515655446004  # standard normal 90th percentile: a central 80% band
+_MAD_TO_SD = 1.4826  # median absolute deviation to standard deviation for normal noise
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """Projected Posts consumed at cycle end, its ~80% band, and when the cap is reached."""
+
+    projected: float  # Posts consumed at cycle end (>= consumed)
+    lower: float  # lower bound of an ~80% band (>= consumed)
+    upper: float  # upper bound of the band
+    exhaustion: datetime | None  # UTC instant the expected path reaches the cap, if in this cycle
+
+
+@dataclass(frozen=True, slots=True)
+class _Model:
+    """Expected Posts per day: weekday factor x damped log-linear level anchored at `anchor`."""
+
+    anchor: date  # last complete day the level was fitted on
+    level: float  # log1p of the weekday-adjusted Posts per day at `anchor`
+    slope: float  # per day on that log scale, after shrinkage
+    noise: float  # robust standard deviation of daily residuals on that log scale
+    factors: tuple[float, ...]  # by date.weekday(); mean 1
+
+    def expected(self, day: date) -> float:
+        """Mean Posts expected on `day` (lognormal mean, not median)."""
+        steps = (day - self.anchor).days
+        damped = (
+            TREND_DAMPING * (1.0 - TREND_DAMPING**steps) / (1.0 - TREND_DAMPING)
+            if steps > 0
+            else float(steps)
+        )
+        log_mean = self.level + self.slope * damped + self.noise * self.noise / 2.0
+        return max(0.0, math.expm1(min(log_mean, 700.0))) * self.factors[day.weekday()]
+
+
+def daily_baseline(daily: Mapping[date, int], today: date, days: int = 7) -> float | None:
+    """Median Posts per day over the `days` complete UTC days before `today`; None without data.
+
+    Days missing from `daily` are skipped, not counted as zero.
+    """
+    values = [max(0, v) for d, v in daily.items() if today - days * _DAY <= d < today]
+    return float(statistics.median(values)) if values else None
+
+
+def forecast_cycle(
+    *,
+    daily: Mapping[date, int],
+    consumed: int,
+    now: datetime,
+    cycle_start: datetime,
+    cycle_end: datetime,
+    cap: int | None,
+) -> Forecast:
+    """Forecast Posts consumed by `cycle_end`: `consumed` plus the expected rest of the cycle.
+
+    `daily` holds Posts per UTC day, history before `cycle_start` included, today's partial day
+    under `now.date()`. A day absent from `daily` is unknown, never zero. `cap` may be any
+    threshold in Posts (a budget divided by the price gives the budget's exhaustion time).
+    """
+    now = now.astimezone(UTC)
+    cycle_start = cycle_start.astimezone(UTC)
+    cycle_end = cycle_end.astimezone(UTC)
+    today = now.date()
+    elapsed_today = (now - datetime.combine(today, time(), UTC)) / _DAY
+    partial = daily.get(today)
+    horizon = max((cycle_end - now) / _DAY, 0.0)
+
+    history = _usable_history(daily, today)
+    if len(history) == 1 and partial is not None and elapsed_today >= MIN_PACE_SHARE:
+        history = {}  # a lone first day is usually partial: today's pace says more
+    if history:
+        raw, shrunk = _weekday_factors(history)
+        anchor = max(history)
+        model = _fit(history, raw, shrunk, anchor)
+        log_sd = _backtest_log_sd(history, raw, shrunk, anchor, horizon)
+    else:
+        # No complete day to learn from: today's pace, or else the cycle's own run rate.
+        if partial is not None and elapsed_today > 0.0:
+            rate = max(partial, 0) / elapsed_today
+        else:
+            rate = max(consumed, 0) / max((now - cycle_start) / _DAY, 1.0 / 24.0)
+        model = _Model(today, math.log1p(rate), 0.0, 0.0, (1.0,) * 7)
+        log_sd = PRIOR_LOG_SD
+
+    segments = _remaining_path(model, now, cycle_end, partial, elapsed_today)
+    remaining = sum(amount for _, _, amount in segments)
+    spread = math.exp(Z_80 * log_sd)
+    return Forecast(
+        projected=consumed + remaining,
+        lower=consumed + remaining / spread,
+        upper=consumed + remaining * spread,
+        exhaustion=_exhaustion(segments, consumed, cap, now, cycle_end),
+    )
+
+
+def _usable_history(daily: Mapping[date, int], today: date) -> dict[date, float]:
+    """Complete days worth fitting: usage starts at the first non-zero day, minus that day."""
+    days = sorted((d, float(max(v, 0))) for d, v in daily.items() if d < today)
+    while days and days[0][1] == 0.0:
+        days.pop(0)  # zeros before any usage: the project (or its first App) did not exist yet
+    if len(days) > 1:
+        days.pop(0)  # the first day of usage is usually partial: the App started that day
+    return dict(days)
+
+
+def _weekday_factors(
+    history: Mapping[date, float],
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Weekday factors (mean 1) as measured, and shrunk toward 1 for forecasting.
+
+    Each weekday's factor is its median ratio to the centred 7-day mean. The measured factors
+    deseasonalise the history, so the level is read without bias; the shrunk ones shape the
+    forecast, so two weeks of data cannot impose a weekly rhythm that is only noise.
+    """
+    ratios: list[list[float]] = [[] for _ in range(7)]
+    for day, value in history.items():
+        week = [history.get(day + k * _DAY) for k in range(-3, 4)]
+        known = [v for v in week if v is not None]
+        if len(known) < 7:
+            continue
+        mean = sum(known) / 7.0
+        if mean > 0.0:
+            ratios[day.weekday()].append(value / mean)
+    raw = [statistics.median(seen) if seen else 1.0 for seen in ratios]
+    shrunk = [
+        1.0 + (r - 1.0) * len(seen) / (len(seen) + WEEKDAY_PRIOR_WEEKS)
+        for r, seen in zip(raw, ratios, strict=True)
+    ]
+    return _normalised(raw), _normalised(shrunk)
+
+
+def _normalised(factors: Sequence[float]) -> tuple[float, ...]:
+    mean = sum(factors) / len(factors)
+    if mean <= 0.0:
+        return (1.0,) * len(factors)
+    # A weekday that never sees usage keeps a small factor so the level stays estimable.
+    return tuple(max(f / mean, 0.05) for f in factors)
+
+
+def _fit(
+    history: Mapping[date, float],
+    raw: Sequence[float],
+    shrunk: Sequence[float],
+    anchor: date,
+) -> _Model:
+    """Fit level and trend on the last FIT_WINDOW_DAYS days up to `anchor`."""
+    start = anchor - (FIT_WINDOW_DAYS - 1) * _DAY
+    points = sorted(
+        ((d - anchor).days, math.log1p(v / raw[d.weekday()]))
+        for d, v in history.items()
+        if start <= d <= anchor
+    )
+    ts = [float(t) for t, _ in points]
+    xs = [x for _, x in points]
+    if len(xs) >= MIN_TREND_DAYS:
+        split = _level_shift(ts, xs)
+        ts, xs = ts[split:], xs[split:]
+    slope = 0.0
+    if len(xs) >= MIN_TREND_DAYS:
+        slope = _theil_sen_slope(ts, xs)
+        spread = _robust_sd([x - slope * t for t, x in zip(ts, xs, strict=True)])
+        t_mean = sum(ts) / len(ts)
+        standard_error = spread / math.sqrt(sum((t - t_mean) ** 2 for t in ts))
+        # A slope counts in proportion to its signal-to-noise ratio: t^2 / (1 + t^2).
+        slope *= slope * slope / (slope * slope + standard_error * standard_error + 1e-300)
+    level = statistics.median(x - slope * t for t, x in zip(ts, xs, strict=True))
+    residuals = [x - level - slope * t for t, x in zip(ts, xs, strict=True)]
+    noise = min(_robust_sd(residuals), MAX_LOG_SD) if len(residuals) >= 3 else 0.0
+    return _Model(anchor, level, slope, noise, tuple(shrunk))
+
+
+def _level_shift(ts: Sequence[float], xs: Sequence[float]) -> int:
+    """Index where the last level shift starts, or 0 when a trend explains the data better.
+
+    A one-break step (two flat levels) competes with a straight line; the step wins only when its
+    absolute error is lower by more than a BIC penalty for its two extra parameters.
+    """
+    n = len(xs)
+    slope = _theil_sen_slope(ts, xs)
+    intercept = statistics.median(x - slope * t for t, x in zip(ts, xs, strict=True))
+    line_error = sum(abs(x - intercept - slope * t) for t, x in zip(ts, xs, strict=True))
+    best_split, best_error = 0, math.inf
+    for split in range(MIN_SEGMENT_DAYS, n - MIN_SEGMENT_DAYS + 1):
+        error = _abs_dev(xs[:split]) + _abs_dev(xs[split:])
+        if error < best_error:
+            best_split, best_error = split, error
+    tiny = 1e-9
+    line_bic = n * math.log(line_error / n + tiny) + 2 * math.log(n)
+    step_bic = n * math.log(best_error / n + tiny) + 4 * math.log(n)
+    return best_split if step_bic < line_bic else 0
+
+
+def _theil_sen_slope(ts: Sequence[float], xs: Sequence[float]) -> float:
+    """Median of the pairwise slopes: a line that one wild day cannot tilt."""
+    slopes = [
+        (xs[j] - xs[i]) / (ts[j] - ts[i])
+        for i in range(len(xs))
+        for j in range(i + 1, len(xs))
+        if ts[j] != ts[i]
+    ]
+    return statistics.median(slopes) if slopes else 0.0
+
+
+def _abs_dev(xs: Sequence[float]) -> float:
+    middle = statistics.median(xs)
+    return sum(abs(x - middle) for x in xs)
+
+
+def _robust_sd(xs: Sequence[float]) -> float:
+    middle = statistics.median(xs)
+    return _MAD_TO_SD * statistics.median(abs(x - middle) for x in xs)
+
+
+def _backtest_log_sd(
+    history: Mapping[date, float],
+    raw: Sequence[float],
+    shrunk: Sequence[float],
+    anchor: date,
+    horizon: float,
+) -> float:
+    """Log-scale RMS error of the model's own forecasts of past spans as long as `horizon`.
+
+    From each of the last BACKTEST_ORIGINS days that leave a full span of history after them, the
+    model is fitted on the days up to that origin and its total for the span is compared with what
+    happened. A history too short for the full span is backtested on a shorter one and scaled
+    by the square root of the horizon. One pseudo-error of PRIOR_LOG_SD regularises the estimate.
+    """
+    span = max(round(horizon), 1)
+    known_days = (anchor - min(history)).days + 1
+    span = min(span, known_days - MIN_SEGMENT_DAYS)
+    errors: list[float] = []
+    for back in range(BACKTEST_ORIGINS if span >= 1 else 0):
+        origin = anchor - (span + back) * _DAY
+        train = {d: v for d, v in history.items() if d <= origin}
+        if len(train) < MIN_SEGMENT_DAYS:
+            break
+        seen = [d for d in (origin + k * _DAY for k in range(1, span + 1)) if d in history]
+        if 2 * len(seen) <= span:
+            continue
+        model = _fit(train, raw, shrunk, max(train))
+        expected = sum(model.expected(d) for d in seen)
+        actual = sum(history[d] for d in seen)
+        errors.append(math.log((actual + 1.0) / (expected + 1.0)))
+    squares = sum(e * e for e in errors) + PRIOR_WEIGHT * PRIOR_LOG_SD**2
+    log_sd = math.sqrt(squares / (len(errors) + PRIOR_WEIGHT))
+    if errors and span < horizon:
+        log_sd *= math.sqrt(horizon / span)
+    return log_sd
+
+
+def _remaining_path(
+    model: _Model, now: datetime, cycle_end: datetime, partial: int | None, elapsed_today: float
+) -> list[tuple[datetime, datetime, float]]:
+    """Expected Posts in each remaining piece of a UTC day until `cycle_end`, spread evenly."""
+    segments: list[tuple[datetime, datetime, float]] = []
+    start = now
+    while start < cycle_end:
+        day = start.date()
+        end = min(datetime.combine(day, time(), UTC) + _DAY, cycle_end)
+        expected = model.expected(day)
+        if day == now.date() and partial is not None:
+            # Today's own pace (partial / elapsed) weighs as much as the share of today elapsed.
+            rate = max(partial, 0) + (1.0 - elapsed_today) * expected
+        else:
+            rate = expected
+        segments.append((start, end, rate * ((end - start) / _DAY)))
+        start = end
+    return segments
+
+
+def _exhaustion(
+    segments: Sequence[tuple[datetime, datetime, float]],
+    consumed: int,
+    cap: int | None,
+    now: datetime,
+    cycle_end: datetime,
+) -> datetime | None:
+    """First instant the expected cumulative path reaches `cap` before `cycle_end`."""
+    if cap is None or now >= cycle_end:
+        return None
+    if consumed >= cap:
+        return now
+    total = float(consumed)
+    for start, end, amount in segments:
+        if amount > 0.0 and total + amount >= cap:
+            crossing = start + (end - start) * ((cap - total) / amount)
+            return crossing if crossing < cycle_end else None
+        total += amount
+    return None

@@ -1,0 +1,194 @@
+"""The landing page: each project's billing cycle at a glance, as HTML with inline SVG (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
+from html import escape
+
+from exporter import __version__, billing
+from exporter.snapshot import ProjectState, UsageSnapshot
+
+_STYLE = """
+body{font:15px/1.45 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
+header{background:#15202b;color:#fff;padding:12px 20px}header a{color:#9ad0ff}
+main{max-width:980px;margin:0 auto;padding:12px}
+section{background:#fff;border:1px solid #dde1e7;border-radius:8px;margin:12px 0;padding:14px 16px}
+h1{font-size:20px;margin:0}h2{font-size:18px;margin:0 0 4px}
+.meta{color:#5b6575;font-size:13px}.bad{color:#b3261e;font-weight:600}.ok{color:#1e7b34}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:12px}
+table{border-collapse:collapse;width:100%;font-size:14px}
+td,th{text-align:right;padding:3px 6px;border-bottom:1px solid #eceff3}
+td:first-child,th:first-child{text-align:left}
+svg{width:100%;height:auto;display:block}.k{font-size:13px;color:#5b6575}
+"""
+
+
+def render(states: Mapping[str, ProjectState], now: datetime, metrics_path: str) -> str:
+    sections = [_project(state, now) for _, state in sorted(states.items())]
+    body = "".join(sections) or "<section><p>No project is configured.</p></section>"
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>x-usage-exporter</title><style>{_STYLE}</style></head><body>"
+        f'<header><h1>x-usage-exporter</h1><span class="meta">version {__version__} · '
+        f'<a href="{escape(metrics_path)}">metrics</a> · <a href="/-/healthy">health</a> · '
+        f'<a href="/-/ready">readiness</a></span></header><main>{body}'
+        '<p class="meta">Spend is the estimated Post-read spend (Posts consumed × price); '
+        "users, DMs and writes are billed too and are not in it.</p></main></body></html>"
+    )
+
+
+def _project(state: ProjectState, now: datetime) -> str:
+    name = escape(state.project.name)
+    status = _status_line(state, now)
+    usage = state.usage
+    if usage is None:
+        return f"<section><h2>{name}</h2>{status}<p>No usage data yet.</p></section>"
+    if now >= usage.cycle.end:
+        return (
+            f"<section><h2>{name}</h2>{status}<p>The billing cycle that the last answer "
+            "described has ended; waiting for the first answer of the new cycle.</p></section>"
+        )
+    return (
+        f'<section><h2>{name} <span class="meta">project {escape(usage.project_id)}</span></h2>'
+        f"{status}{_cycle_line(usage, now)}"
+        f'<div class="grid"><div>{_cap_bar(usage)}</div><div>{_spend_bar(state, usage)}</div></div>'
+        f"{_history(usage, now)}{_apps(usage)}</section>"
+    )
+
+
+def _status_line(state: ProjectState, now: datetime) -> str:
+    status = state.status
+    if status.success is None:
+        return '<p class="meta">First poll running.</p>'
+    fresh = "never"
+    if status.last_success is not None:
+        fresh = f"{_ago(now - status.last_success)} ago"
+    if status.success:
+        return f'<p class="meta"><span class="ok">Last poll OK</span> · data from {fresh}</p>'
+    capped = " · the X API refuses reads: monthly cap reached" if status.usage_capped else ""
+    return (
+        f'<p class="meta"><span class="bad">Last poll failed ({escape(status.error_reason or "")})'
+        f"</span>: {escape(status.error_message or '')} · last good data {fresh}{capped}</p>"
+    )
+
+
+def _cycle_line(usage: UsageSnapshot, now: datetime) -> str:
+    left = usage.cycle.end - now
+    exhaustion = usage.forecast.exhaustion
+    when = (
+        f'<span class="bad">cap reached by {exhaustion:%b %d %H:%M} UTC</span>'
+        if exhaustion is not None
+        else "cap not reached this cycle"
+    )
+    return (
+        f'<p class="meta">Cycle {usage.cycle.start:%b %d} – {usage.cycle.end:%b %d} '
+        f"(UTC) · {_ago(left)} left · forecast: {when}</p>"
+    )
+
+
+def _ago(delta: timedelta) -> str:
+    seconds = max(int(delta.total_seconds()), 0)
+    if seconds >= 86400:
+        return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    return f"{seconds // 60}m {seconds % 60}s"
+
+
+def _bar(
+    title: str, value: float, projected: float, limit: float, marks: list[tuple[float, str]]
+) -> str:
+    """A horizontal bar: value, projection and labelled marks on a 0..max scale."""
+    scale = max(limit, projected, value, *(m for m, _ in marks), 1.0) * 1.05
+    width = 300.0
+
+    def x(amount: float) -> float:
+        return round(amount / scale * width, 1)
+
+    colour = "#b3261e" if value >= limit > 0 else "#1d6fd6"
+    parts = [
+        f'<rect x="0" y="14" width="{width}" height="18" fill="#e7ebf0" rx="3"/>',
+        f'<rect x="0" y="14" width="{x(projected)}" height="18" fill="#1d6fd6" opacity=".25" '
+        'rx="3"/>',
+        f'<rect x="0" y="14" width="{x(value)}" height="18" fill="{colour}" rx="3"/>',
+    ]
+    for amount, label in marks:
+        parts.append(
+            f'<line x1="{x(amount)}" x2="{x(amount)}" y1="10" y2="36" stroke="#1d2330" '
+            f'stroke-width="1.5"/><text x="{x(amount)}" y="46" font-size="9" text-anchor="middle">'
+            f"{escape(label)}</text>"
+        )
+    return (
+        f'<div class="k">{escape(title)}</div><svg viewBox="-2 0 {width + 4} 50" role="img" '
+        f'aria-label="{escape(title)}">{"".join(parts)}</svg>'
+    )
+
+
+def _cap_bar(usage: UsageSnapshot) -> str:
+    cap = usage.cap or 0
+    ratio = f"{usage.utilization:.1%} of cap" if usage.utilization is not None else "no cap known"
+    title = f"Posts: {usage.consumed:,} ({ratio}) · projected {usage.forecast.projected:,.0f}" + (
+        f" of {cap:,}" if cap else ""
+    )
+    marks = [(float(cap), "cap")] if cap else []
+    return _bar(title, usage.consumed, usage.forecast.projected, float(cap), marks)
+
+
+def _spend_bar(state: ProjectState, usage: UsageSnapshot) -> str:
+    marks: list[tuple[float, str]] = []
+    budget, limit = state.project.budget_usd, state.project.spending_limit_usd
+    if budget is not None:
+        marks.append((budget, f"budget ${budget:,.0f}"))
+    if limit is not None:
+        marks.append((limit, f"limit ${limit:,.0f}"))
+    reward = billing.reward_ratio(usage.spend)
+    title = (
+        f"Spend: ${usage.spend:,.2f} · projected ${usage.projected_spend:,.2f} · "
+        f"xAI reward {reward:.0%}"
+    )
+    ceiling = limit if limit is not None else budget if budget is not None else 0.0
+    return _bar(title, usage.spend, usage.projected_spend, ceiling, marks)
+
+
+def _history(usage: UsageSnapshot, now: datetime) -> str:
+    """Daily Posts of the cycle so far, as bars (today partial, lighter)."""
+    days: list[date] = []
+    day = usage.cycle.start.date()
+    while day <= min(now.date(), usage.cycle.end.date() - timedelta(days=1)):
+        days.append(day)
+        day += timedelta(days=1)
+    if not days:
+        return ""
+    peak = max((usage.daily.get(d, 0) for d in days), default=0) or 1
+    slot = 300 / max(len(days), 1)
+    bars = []
+    for index, day in enumerate(days):
+        count = usage.daily.get(day, 0)
+        height = round(count / peak * 60, 1)
+        opacity = ".45" if day == now.date() else "1"
+        bars.append(
+            f'<rect x="{index * slot + 0.5:.1f}" y="{70 - height}" width="{max(slot - 1, 1):.1f}" '
+            f'height="{height}" fill="#1d6fd6" opacity="{opacity}"><title>{day:%b %d}: '
+            f"{count:,} Posts</title></rect>"
+        )
+    return (
+        f'<div class="k">Daily Posts this cycle (peak {peak:,})</div>'
+        f'<svg viewBox="0 0 300 72" role="img" aria-label="daily Posts">{"".join(bars)}</svg>'
+    )
+
+
+def _apps(usage: UsageSnapshot) -> str:
+    if not usage.apps:
+        return ""
+    total = sum(app.consumed for app in usage.apps) or 1
+    rows = "".join(
+        f"<tr><td>{escape(app.app_id)}</td><td>{app.consumed:,}</td>"
+        f"<td>{app.consumed / total:.1%}</td><td>{app.today:,}</td></tr>"
+        for app in sorted(usage.apps, key=lambda a: -a.consumed)
+    )
+    return (
+        "<table><tr><th>App</th><th>Posts this cycle</th><th>Share</th><th>Today</th></tr>"
+        f"{rows}</table>"
+    )

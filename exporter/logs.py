@@ -1,0 +1,75 @@
+"""Logging setup: logfmt or JSON lines on stderr, with every known bearer token redacted."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from typing import TextIO
+
+LEVELS = ("debug", "info", "warn", "error")
+FORMATS = ("logfmt", "json")
+REDACTED = "<redacted>"
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(secret: str) -> None:
+    """Remember a token so that no log line can carry it, whatever code path formats it."""
+    if len(secret) >= 4:
+        with _secrets_lock:
+            _secrets.add(secret)
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _record_fields(record: logging.LogRecord) -> dict[str, str]:
+    fields = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        + f".{int(record.msecs):03d}Z",
+        "level": record.levelname.lower().replace("warning", "warn"),
+        "caller": f"{record.module}:{record.lineno}",
+        "msg": redact(record.getMessage()),
+    }
+    if record.exc_info and record.exc_info[1] is not None:
+        # One line, the exception type and text, never a multi-line traceback.
+        exc = record.exc_info[1]
+        fields["err"] = redact(f"{type(exc).__name__}: {exc}")
+    return fields
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _record_fields(record).items())
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(_record_fields(record), ensure_ascii=False)
+
+
+def _logfmt_value(value: str) -> str:
+    if value and not any(c in value for c in ' ="\\\n'):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def setup(level: str, fmt: str, stream: TextIO | None = None) -> None:
+    """Configure the root logger once at start; `level` and `fmt` were validated by the CLI."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if level == "warn" else level.upper())
+    # httpx logs every request at info; its debug output would include connection details.
+    for noisy in ("httpx", "httpcore", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

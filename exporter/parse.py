@@ -1,0 +1,277 @@
+"""Pure parsers for X API answers: usage (both documented shapes), credits, problem bodies."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from exporter.errors import ParseError
+
+UNKNOWN_APP = "unknown"
+USAGE_FIELDS = (
+    "cap_reset_day",
+    "daily_client_app_usage",
+    "daily_project_usage",
+    "project_cap",
+    "project_id",
+    "project_usage",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    """One parsed answer of GET /2/usage/tweets; daily figures are per UTC day."""
+
+    project_id: str | None
+    cap: int | None
+    cap_reset_day: int | None
+    project_usage: int | None  # absent in the overview-page shape: sum the cycle's days then
+    daily: Mapping[date, int]  # project total per day
+    apps: Mapping[str, Mapping[date, int]]  # per client App per day
+    missing: tuple[str, ...] = ()  # documented fields the answer did not carry
+    api_errors: tuple[str, ...] = ()  # titles from an `errors` list beside `data`
+
+
+@dataclass(frozen=True, slots=True)
+class Credits:
+    total_balance: float
+    prepaid_balance: float
+    free_balance: float
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """An application/problem+json body, or what could be read of a non-JSON error body."""
+
+    title: str = ""
+    type: str = ""
+    detail: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_usage_cap(self) -> bool:
+        return self.title == "UsageCapExceeded" or self.type.endswith("usage-capped")
+
+
+def decode_json(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ParseError(f"answer is not JSON: {exc.__class__.__name__}") from None
+
+
+def parse_usage(payload: object) -> UsageReport:
+    """Parse a usage answer of either documented shape; ParseError names the bad field."""
+    data = _data_object(payload)
+    missing = [name for name in USAGE_FIELDS if name not in data]
+    daily_raw = data.get("daily_project_usage")
+    project_usage = _count(data.get("project_usage"), "data.project_usage")
+    if daily_raw is None and project_usage is None:
+        raise ParseError("data: neither project_usage nor daily_project_usage is present")
+
+    daily: dict[date, int] = {}
+    apps: dict[str, dict[date, int]] = {}
+    if isinstance(daily_raw, list):
+        # Overview-page shape: [{date, usage: [{app_id, tweets_consumed}]}].
+        daily, apps = _parse_overview_days(daily_raw)
+        if "daily_client_app_usage" in missing:
+            missing.remove("daily_client_app_usage")  # the apps are inside the daily entries
+    elif isinstance(daily_raw, Mapping):
+        daily = _parse_day_counts(daily_raw.get("usage"), "data.daily_project_usage.usage")
+    elif daily_raw is not None:
+        raise ParseError(f"data.daily_project_usage: unexpected {type(daily_raw).__name__}")
+
+    app_raw = data.get("daily_client_app_usage")
+    if app_raw is not None:
+        if not isinstance(app_raw, list):
+            raise ParseError("data.daily_client_app_usage: expected a list")
+        for index, entry in enumerate(app_raw):
+            path = f"data.daily_client_app_usage[{index}]"
+            entry_map = _mapping(entry, path)
+            app_id = _app_id(entry_map.get("client_app_id"), f"{path}.client_app_id")
+            days = _parse_day_counts(entry_map.get("usage"), f"{path}.usage")
+            merged = apps.setdefault(app_id, {})
+            for day, count in days.items():
+                merged[day] = merged.get(day, 0) + count
+
+    if daily_raw is None:
+        # No project series: the project's day is the sum of its Apps' days.
+        for days in apps.values():
+            for day, count in days.items():
+                daily[day] = daily.get(day, 0) + count
+
+    project_id = data.get("project_id")
+    if project_id is not None and not isinstance(project_id, str | int):
+        raise ParseError("data.project_id: expected a string")
+    return UsageReport(
+        project_id=None if project_id is None else str(project_id),
+        cap=_count(data.get("project_cap"), "data.project_cap"),
+        cap_reset_day=_count(data.get("cap_reset_day"), "data.cap_reset_day"),
+        project_usage=project_usage,
+        daily=daily,
+        apps=apps,
+        missing=tuple(missing),
+        api_errors=_error_titles(payload),
+    )
+
+
+def parse_credits(payload: object) -> Credits:
+    data = _data_object(payload)
+    return Credits(
+        total_balance=_money(data.get("total_balance"), "data.total_balance"),
+        prepaid_balance=_money(data.get("prepaid_balance"), "data.prepaid_balance"),
+        free_balance=_money(data.get("free_balance"), "data.free_balance"),
+    )
+
+
+def parse_problem(body: bytes) -> Problem:
+    """Read an error body leniently: an unreadable body is an empty Problem, never an error."""
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return Problem()
+    if not isinstance(payload, Mapping):
+        return Problem()
+    # A 200-style body may carry the problem inside an `errors` list.
+    errors = payload.get("errors")
+    if "title" not in payload and isinstance(errors, list) and errors:
+        first = errors[0]
+        payload = first if isinstance(first, Mapping) else {}
+    known = {"title", "type", "detail"}
+    return Problem(
+        title=str(payload.get("title", "")),
+        type=str(payload.get("type", "")),
+        detail=str(payload.get("detail", "")),
+        extra={k: v for k, v in payload.items() if k not in known},
+    )
+
+
+def _data_object(payload: object) -> Mapping[str, Any]:
+    root = _mapping(payload, "answer")
+    data = root.get("data")
+    if data is None:
+        titles = _error_titles(payload)
+        if titles:
+            raise ParseError(f"answer has no data, errors: {', '.join(titles)}")
+        raise ParseError("data: missing")
+    return _mapping(data, "data")
+
+
+def _error_titles(payload: object) -> tuple[str, ...]:
+    errors = payload.get("errors") if isinstance(payload, Mapping) else None
+    if not isinstance(errors, list):
+        return ()
+    titles = []
+    for item in errors:
+        if isinstance(item, Mapping):
+            titles.append(str(item.get("title") or item.get("detail") or "error"))
+    return tuple(titles)
+
+
+def _mapping(value: object, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ParseError(f"{path}: expected an object, got {_kind(value)}")
+    return value
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _count(value: object, path: str) -> int | None:
+    """A non-negative count sent as an integer or as a string of digits; null is None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ParseError(f"{path}: expected a count, got a boolean")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
+        number = int(value.strip())
+    else:
+        raise ParseError(f"{path}: expected a count, got {_preview(value)}")
+    if number < 0:
+        raise ParseError(f"{path}: expected a count, got {number}")
+    return number
+
+
+def _money(value: object, path: str) -> float:
+    if isinstance(value, bool) or value is None:
+        raise ParseError(f"{path}: expected an amount, got {_kind(value)}")
+    try:
+        amount = float(value) if isinstance(value, int | float | str) else float("nan")
+    except ValueError:
+        amount = float("nan")
+    if not math.isfinite(amount):
+        raise ParseError(f"{path}: expected an amount, got {_preview(value)}")
+    return amount
+
+
+def _preview(value: object) -> str:
+    text = json.dumps(value) if isinstance(value, str | int | float) else _kind(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _day(value: object, path: str) -> date:
+    """`YYYY-MM-DD` or `YYYY-MM-DDT00:00:00.000Z`: the UTC day."""
+    if not isinstance(value, str) or len(value) < 10:
+        raise ParseError(f"{path}: expected a date, got {_preview(value)}")
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        raise ParseError(f"{path}: expected a date, got {_preview(value)}") from None
+
+
+def _app_id(value: object, path: str) -> str:
+    if value is None:
+        return UNKNOWN_APP
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ParseError(f"{path}: expected an id, got {_kind(value)}")
+    return str(value) or UNKNOWN_APP
+
+
+def _parse_day_counts(raw: object, path: str) -> dict[date, int]:
+    """[{date, usage}] into {day: count}; a null count is a day with no recorded usage."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, list):
+        raise ParseError(f"{path}: expected a list, got {_kind(raw)}")
+    days: dict[date, int] = {}
+    for index, entry in enumerate(raw):
+        entry_map = _mapping(entry, f"{path}[{index}]")
+        day = _day(entry_map.get("date"), f"{path}[{index}].date")
+        count = _count(entry_map.get("usage"), f"{path}[{index}].usage") or 0
+        days[day] = days.get(day, 0) + count
+    return days
+
+
+def _parse_overview_days(
+    raw: Sequence[object],
+) -> tuple[dict[date, int], dict[str, dict[date, int]]]:
+    daily: dict[date, int] = {}
+    apps: dict[str, dict[date, int]] = {}
+    for index, entry in enumerate(raw):
+        path = f"data.daily_project_usage[{index}]"
+        entry_map = _mapping(entry, path)
+        day = _day(entry_map.get("date"), f"{path}.date")
+        usage = entry_map.get("usage")
+        if usage is None:
+            daily.setdefault(day, 0)
+            continue
+        if not isinstance(usage, list):
+            raise ParseError(f"{path}.usage: expected a list, got {_kind(usage)}")
+        for app_index, app_entry in enumerate(usage):
+            app_path = f"{path}.usage[{app_index}]"
+            app_map = _mapping(app_entry, app_path)
+            app_id = _app_id(app_map.get("app_id"), f"{app_path}.app_id")
+            count = _count(app_map.get("tweets_consumed"), f"{app_path}.tweets_consumed") or 0
+            daily[day] = daily.get(day, 0) + count
+            per_app = apps.setdefault(app_id, {})
+            per_app[day] = per_app.get(day, 0) + count
+    return daily, apps

@@ -1,0 +1,352 @@
+"""Scheduled polling: one APScheduler job per project, each poll ending in a new immutable state."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from exporter import billing
+from exporter.client import (
+    Attempt,
+    CreditsUnavailable,
+    Endpoint,
+    RetryPolicy,
+    XApiClient,
+    read_token,
+    usage_params,
+)
+from exporter.config import Config, CreditsMode, ProjectConfig
+from exporter.errors import ParseError, Reason, TokenError, UpstreamError
+from exporter.parse import parse_credits, parse_usage
+from exporter.snapshot import (
+    ConfigStatus,
+    CreditsSnapshot,
+    PollStatus,
+    ProjectState,
+    Store,
+    UsageSnapshot,
+    build_usage,
+)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+TOKEN_REASON = "token"  # noqa: S105 - a reason label, not a token
+# /2/usage/credits allows 30 requests per 15 minutes: never ask more often than every 30 s.
+CREDITS_MIN_INTERVAL = 30.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ProjectPoller:
+    """Polls one project. Only its own job calls poll(), so its fields need no lock."""
+
+    def __init__(
+        self,
+        project: ProjectConfig,
+        config: Config,
+        client: XApiClient,
+        store: Store,
+        clock: Clock = utc_now,
+        blocked_until: float = 0.0,
+    ) -> None:
+        self.project = project
+        self.config = config
+        self._client = client
+        self._store = store
+        self._clock = clock
+        # Epoch seconds before which no request goes out, after a rate-limit 429.
+        self.blocked_until = blocked_until
+        self._credits_off = config.credits is CreditsMode.OFF
+        self._credits_polled_at = float("-inf")
+        if project.name not in store.states:
+            store.put(ProjectState(project))
+
+    def poll(self) -> None:
+        """One poll; never raises (the job must survive anything the upstream does)."""
+        started = time.monotonic()
+        previous = self._store.states.get(self.project.name) or ProjectState(self.project)
+        attempts: list[Attempt] = []
+        now = self._clock()
+        usage: UsageSnapshot | None = previous.usage
+        credits = previous.credits
+        reason: str | None = None
+        message: str | None = None
+        capped = previous.status.usage_capped
+        try:
+            usage, credits = self._poll_once(now, attempts, credits)
+            capped = False
+        except UpstreamError as exc:
+            reason, message = exc.reason.value, str(exc)
+            if exc.reason is Reason.RATE_LIMITED and exc.retry_at is not None:
+                self.blocked_until = max(self.blocked_until, exc.retry_at)
+            capped = capped or exc.reason is Reason.USAGE_CAPPED
+        except TokenError as exc:
+            reason, message = TOKEN_REASON, str(exc)
+        except Exception as exc:  # the job's edge: log it, show it, keep polling
+            log.exception("poll crashed project=%s", self.project.name)
+            reason, message = Reason.PARSE.value, f"{type(exc).__name__}: {exc}"
+
+        duration = time.monotonic() - started
+        status = self._status(previous.status, attempts, now, duration, reason, message, capped)
+        self._store.put(
+            replace(
+                previous,
+                project=self.project,
+                usage=usage,
+                credits=credits,
+                status=status,
+                requests=_count(previous.requests, [(a.endpoint.value, a.code) for a in attempts]),
+                errors=_count(
+                    previous.errors,
+                    [(a.endpoint.value, a.reason.value) for a in attempts if a.reason is not None],
+                ),
+            )
+        )
+        if reason is None:
+            log.debug("poll ok project=%s duration=%.3fs", self.project.name, duration)
+        elif reason != previous.status.error_reason:
+            log.warning(
+                "poll failed project=%s reason=%s err=%s", self.project.name, reason, message
+            )
+
+    def _poll_once(
+        self, now: datetime, attempts: list[Attempt], credits: CreditsSnapshot | None
+    ) -> tuple[UsageSnapshot, CreditsSnapshot | None]:
+        if time.time() < self.blocked_until:
+            reset = datetime.fromtimestamp(self.blocked_until, UTC).isoformat()
+            raise UpstreamError(Reason.RATE_LIMITED, f"rate limited: no request before {reset}")
+        token = read_token(self.project.token)
+        deadline = time.monotonic() + self.config.poll_interval * 0.9
+        payload = self._client.get(
+            Endpoint.USAGE,
+            token,
+            deadline=deadline,
+            attempts=attempts,
+            params=usage_params(self.config.history_days),
+        )
+        try:
+            report = parse_usage(payload)
+        except ParseError as exc:
+            attempts[-1] = replace(attempts[-1], reason=Reason.PARSE)
+            raise UpstreamError(Reason.PARSE, f"GET {Endpoint.USAGE.path}: {exc}") from None
+        if report.missing:
+            log.debug("fields missing project=%s fields=%s", self.project.name, report.missing)
+        usage = build_usage(
+            report,
+            now=now,
+            means=self.config.cap_reset_day_means,
+            post_read_usd=self.config.pricing.post_read_usd,
+        )
+        return usage, self._poll_credits(token, usage, now, deadline, attempts, credits)
+
+    def _poll_credits(
+        self,
+        token: str,
+        usage: UsageSnapshot,
+        now: datetime,
+        deadline: float,
+        attempts: list[Attempt],
+        previous: CreditsSnapshot | None,
+    ) -> CreditsSnapshot | None:
+        """Best effort: a failure keeps the last balance and never fails the poll."""
+        if self._credits_off:
+            return CreditsSnapshot(available=False)
+        if time.monotonic() - self._credits_polled_at < CREDITS_MIN_INTERVAL:
+            return previous
+        self._credits_polled_at = time.monotonic()
+        try:
+            balance = parse_credits(
+                self._client.get(Endpoint.CREDITS, token, deadline=deadline, attempts=attempts)
+            )
+        except CreditsUnavailable:
+            if self.config.credits is CreditsMode.AUTO:
+                log.info("credits endpoint not available project=%s", self.project.name)
+                self._credits_off = True
+            return CreditsSnapshot(available=False)
+        except ParseError as exc:
+            attempts[-1] = replace(attempts[-1], reason=Reason.PARSE)
+            log.warning("credits unreadable project=%s err=%s", self.project.name, exc)
+            return previous
+        except UpstreamError as exc:
+            log.warning(
+                "credits failed project=%s reason=%s err=%s", self.project.name, exc.reason, exc
+            )
+            return previous
+        depletion = billing.credits_depletion(
+            balance.total_balance, usage.daily, now, usage.post_read_usd
+        )
+        return CreditsSnapshot(available=True, balance=balance, depletion=depletion)
+
+    def _status(
+        self,
+        previous: PollStatus,
+        attempts: list[Attempt],
+        now: datetime,
+        duration: float,
+        reason: str | None,
+        message: str | None,
+        capped: bool,
+    ) -> PollStatus:
+        limits = [a.rate_limit for a in attempts if a.endpoint is Endpoint.USAGE and a.rate_limit]
+        last = limits[-1] if limits else None
+        return PollStatus(
+            success=reason is None,
+            error_reason=reason,
+            error_message=message,
+            last_attempt=now,
+            last_success=now if reason is None else previous.last_success,
+            duration=duration,
+            rate_limit_remaining=(
+                last.remaining
+                if last and last.remaining is not None
+                else previous.rate_limit_remaining
+            ),
+            rate_limit_reset=(
+                last.reset if last and last.reset is not None else previous.rate_limit_reset
+            ),
+            usage_capped=capped,
+        )
+
+
+def _count(
+    previous: Mapping[tuple[str, str], int], keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    counts = dict(previous)
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+class Poller:
+    """Owns the scheduler and one ProjectPoller per configured project; applies reloads."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        clock: Clock = utc_now,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._retry = retry
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=32)}, timezone=UTC
+        )
+        self._pollers: dict[str, ProjectPoller] = {}
+        self._client: XApiClient | None = None
+        self._changed: set[str] = set()
+        self.config = config
+        self._apply(config)
+
+    def _make_client(self, config: Config) -> XApiClient:
+        return XApiClient(
+            config.api_base_url,
+            timeout=config.request_timeout,
+            retry=self._retry,
+            wait=self._stopping.wait,
+        )
+
+    def _apply(self, config: Config) -> None:
+        old_client = self._client
+        old = self.config
+        reuse_client = old_client is not None and (
+            old.api_base_url,
+            old.request_timeout,
+        ) == (config.api_base_url, config.request_timeout)
+        client = old_client if reuse_client and old_client else self._make_client(config)
+        pollers: dict[str, ProjectPoller] = {}
+        changed: set[str] = set()
+        for project in config.projects:
+            current = self._pollers.get(project.name)
+            if current is not None and current.config == config and current.project == project:
+                pollers[project.name] = current
+                continue
+            # A rate-limit wait survives a reload: the token is still the same App's.
+            blocked = current.blocked_until if current is not None else 0.0
+            pollers[project.name] = ProjectPoller(
+                project, config, client, self._store, self._clock, blocked
+            )
+            changed.add(project.name)
+        self._changed = changed
+        self._store.retain(set(pollers))
+        self._pollers = pollers
+        self._client = client
+        self.config = config
+        self._store.set_config_status(
+            ConfigStatus(
+                poll_interval=config.poll_interval,
+                last_reload_ok=True,
+                last_reload_success=time.time(),
+            )
+        )
+        if old_client is not None and old_client is not client:
+            old_client.close()
+
+    def start(self) -> None:
+        self._scheduler.start()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Add or replace the jobs of new or changed projects (first run now); drop removed ones."""
+        existing = {job.id for job in self._scheduler.get_jobs()}
+        for name in existing - set(self._pollers):
+            self._scheduler.remove_job(name)
+        for name, poller in self._pollers.items():
+            if name in existing and name not in self._changed:
+                continue
+            self._scheduler.add_job(
+                poller.poll,
+                trigger="interval",
+                seconds=self.config.poll_interval,
+                id=name,
+                name=f"poll {name}",
+                next_run_time=datetime.now(UTC),
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+                replace_existing=True,
+            )
+
+    def reload(self, config: Config) -> None:
+        with self._lock:
+            self._apply(config)
+            if self._scheduler.running:
+                self._schedule()
+
+    def reload_failed(self) -> None:
+        status = self._store.config_status
+        self._store.set_config_status(replace(status, last_reload_ok=False))
+
+    @property
+    def ready(self) -> bool:
+        """Every configured project's first poll has ended, well or badly."""
+        states = self._store.states
+        return all(
+            name in states and states[name].status.success is not None for name in self._pollers
+        )
+
+    def poll_all_now(self) -> None:
+        """Run every project's poll once, in this thread (for one-shot commands and tests)."""
+        for poller in list(self._pollers.values()):
+            poller.poll()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=True)
+        if self._client is not None:
+            self._client.close()

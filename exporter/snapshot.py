@@ -1,0 +1,192 @@
+"""Immutable per-project snapshots, the pure builder that makes them, the store that swaps them."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from types import MappingProxyType
+
+from exporter import billing
+from exporter.config import CapResetDayMeans, ProjectConfig
+from exporter.forecast import Forecast, daily_baseline, forecast_cycle
+from exporter.parse import Credits, UsageReport
+
+UNKNOWN_PROJECT_ID = "unknown"
+# Without cap_reset_day (the overview-page shape) the cycle is taken to be the calendar month.
+FALLBACK_CAP_RESET_DAY = 1
+
+
+@dataclass(frozen=True, slots=True)
+class AppUsage:
+    app_id: str
+    consumed: int  # this billing cycle
+    today: int
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSnapshot:
+    """Everything one successful usage answer says about a project, at `taken_at`."""
+
+    project_id: str
+    taken_at: datetime
+    cycle: billing.Cycle
+    cap: int | None
+    cap_reset_day: int | None  # raw, as the API sent it
+    consumed: int
+    consumed_today: int
+    daily_baseline: float | None
+    forecast: Forecast
+    post_read_usd: float
+    apps: tuple[AppUsage, ...]
+    daily: Mapping[date, int]
+    missing: tuple[str, ...]
+
+    @property
+    def today(self) -> date:
+        return self.taken_at.date()
+
+    @property
+    def newest_day(self) -> date | None:
+        return max(self.daily) if self.daily else None
+
+    @property
+    def newest_day_timestamp(self) -> float | None:
+        newest = self.newest_day
+        if newest is None:
+            return None
+        return datetime(newest.year, newest.month, newest.day, tzinfo=UTC).timestamp()
+
+    @property
+    def utilization(self) -> float | None:
+        return self.consumed / self.cap if self.cap else None
+
+    @property
+    def spend(self) -> float:
+        return billing.spend_usd(self.consumed, self.post_read_usd)
+
+    @property
+    def projected_spend(self) -> float:
+        return billing.spend_usd(self.forecast.projected, self.post_read_usd)
+
+
+@dataclass(frozen=True, slots=True)
+class CreditsSnapshot:
+    available: bool
+    balance: Credits | None = None
+    depletion: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollStatus:
+    """How the last poll of the usage endpoint went."""
+
+    success: bool | None = None  # None until the first poll ended
+    error_reason: str | None = None
+    error_message: str | None = None
+    last_attempt: datetime | None = None
+    last_success: datetime | None = None
+    duration: float | None = None
+    rate_limit_remaining: int | None = None
+    rate_limit_reset: float | None = None
+    usage_capped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectState:
+    project: ProjectConfig
+    usage: UsageSnapshot | None = None
+    credits: CreditsSnapshot | None = None
+    status: PollStatus = PollStatus()
+    requests: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (endpoint, code)
+    errors: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (endpoint, reason)
+
+
+def build_usage(
+    report: UsageReport, *, now: datetime, means: CapResetDayMeans, post_read_usd: float
+) -> UsageSnapshot:
+    """Combine one parsed answer with the cycle math and the forecast (pure)."""
+    reset_day = report.cap_reset_day if report.cap_reset_day is not None else FALLBACK_CAP_RESET_DAY
+    cycle = billing.cycle_for(now, reset_day, means)
+    today = now.date()
+    consumed = report.project_usage
+    if consumed is None:
+        consumed = billing.sum_in_cycle(report.daily, cycle, today)
+    apps = tuple(
+        AppUsage(app_id, billing.sum_in_cycle(days, cycle, today), days.get(today, 0))
+        for app_id, days in sorted(report.apps.items())
+    )
+    forecast = forecast_cycle(
+        daily=report.daily,
+        consumed=consumed,
+        now=now,
+        cycle_start=cycle.start,
+        cycle_end=cycle.end,
+        cap=report.cap,
+    )
+    return UsageSnapshot(
+        project_id=report.project_id or UNKNOWN_PROJECT_ID,
+        taken_at=now,
+        cycle=cycle,
+        cap=report.cap,
+        cap_reset_day=report.cap_reset_day,
+        consumed=consumed,
+        consumed_today=report.daily.get(today, 0),
+        daily_baseline=daily_baseline(report.daily, today),
+        forecast=forecast,
+        post_read_usd=post_read_usd,
+        apps=apps,
+        daily=MappingProxyType(dict(report.daily)),
+        missing=report.missing,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigStatus:
+    poll_interval: float
+    last_reload_ok: bool
+    last_reload_success: float  # epoch seconds
+
+
+class Store:
+    """Holds the current ProjectStates; each update swaps in a whole new immutable mapping."""
+
+    def __init__(self, config_status: ConfigStatus) -> None:
+        self._lock = threading.Lock()
+        self._states: Mapping[str, ProjectState] = MappingProxyType({})
+        self._config_status = config_status
+        self._generation = 0
+
+    @property
+    def states(self) -> Mapping[str, ProjectState]:
+        return self._states
+
+    @property
+    def config_status(self) -> ConfigStatus:
+        return self._config_status
+
+    @property
+    def generation(self) -> int:
+        """Grows at every change, so that a reader can cache what it derived from the store."""
+        return self._generation
+
+    def put(self, state: ProjectState) -> None:
+        with self._lock:
+            states = dict(self._states)
+            states[state.project.name] = state
+            self._states = MappingProxyType(states)
+            self._generation += 1
+
+    def retain(self, names: set[str]) -> None:
+        """Forget the projects that are no longer configured."""
+        with self._lock:
+            self._states = MappingProxyType(
+                {name: state for name, state in self._states.items() if name in names}
+            )
+            self._generation += 1
+
+    def set_config_status(self, status: ConfigStatus) -> None:
+        with self._lock:
+            self._config_status = status
+            self._generation += 1
