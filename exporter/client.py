@@ -67,6 +67,9 @@ class Attempt:
 class RetryPolicy:
     base: float = 1.0
     cap: float = 30.0
+    # Each retry spends one of the App's 50 requests per 15 minutes: a few are worth it, more
+    # would starve the next polls.
+    max_attempts: int = 4
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
@@ -135,7 +138,7 @@ class XApiClient:
             try:
                 return self._once(endpoint, token, params, attempts)
             except UpstreamError as exc:
-                if exc.reason not in _RETRYABLE:
+                if exc.reason not in _RETRYABLE or tries + 1 >= self._retry.max_attempts:
                     raise
                 delay = self._retry.delay(tries, self._rng)
                 if time.monotonic() + delay + self._timeout > deadline:
