@@ -240,20 +240,24 @@ def parse_config(
         owned_read_usd=defaults.owned_read_usd if owned is None else owned,
     )
 
+    poll_interval = check.duration(top.get("poll_interval"), "poll_interval", 300.0)
+    request_timeout = check.duration(top.get("request_timeout"), "request_timeout", 10.0)
+    means = check.choice(
+        top.get("cap_reset_day_means"),
+        "cap_reset_day_means",
+        CapResetDayMeans,
+        CapResetDayMeans.DAY_OF_MONTH,
+    )
+    credits = check.choice(top.get("credits"), "credits", CreditsMode, CreditsMode.AUTO)
     projects = _parse_projects(check, top.get("projects"), base_dir, environ)
     config = Config(
         projects=tuple(projects),
         api_base_url=api_base_url.rstrip("/"),
-        poll_interval=check.duration(top.get("poll_interval"), "poll_interval", 300.0),
-        request_timeout=check.duration(top.get("request_timeout"), "request_timeout", 10.0),
+        poll_interval=poll_interval,
+        request_timeout=request_timeout,
         history_days=history_days,
-        cap_reset_day_means=check.choice(
-            top.get("cap_reset_day_means"),
-            "cap_reset_day_means",
-            CapResetDayMeans,
-            CapResetDayMeans.DAY_OF_MONTH,
-        ),
-        credits=check.choice(top.get("credits"), "credits", CreditsMode, CreditsMode.AUTO),
+        cap_reset_day_means=means,
+        credits=credits,
         pricing=pricing,
         source=source,
     )

@@ -1,0 +1,109 @@
+"""Billing math: cycle boundaries (both cap_reset_day readings), spend and reward tiers."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pytest
+
+from exporter.billing import (
+    Cycle,
+    credits_depletion,
+    cycle_for,
+    reward_ratio,
+    spend_to_next_tier,
+    sum_in_cycle,
+)
+from exporter.config import CapResetDayMeans
+
+DOM = CapResetDayMeans.DAY_OF_MONTH
+LEFT = CapResetDayMeans.DAYS_REMAINING
+
+
+def _utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("now", "day", "start", "end"),
+    [
+        # mid-month, before and after the reset day
+        (_utc(2026, 11, 23, 15), 10, _utc(2026, 11, 10), _utc(2026, 12, 10)),
+        (_utc(2026, 11, 5, 15), 10, _utc(2026, 10, 10), _utc(2026, 11, 10)),
+        # exactly at the reset instant the new cycle has begun
+        (_utc(2026, 11, 10), 10, _utc(2026, 11, 10), _utc(2026, 12, 10)),
+        (_utc(2026, 11, 9, 23, 59, 59), 10, _utc(2026, 10, 10), _utc(2026, 11, 10)),
+        # across the year end
+        (_utc(2026, 12, 31, 12), 15, _utc(2026, 12, 15), _utc(2027, 1, 15)),
+        (_utc(2027, 1, 3), 15, _utc(2026, 12, 15), _utc(2027, 1, 15)),
+        # day 31 is the last day of shorter months
+        (_utc(2026, 2, 27), 31, _utc(2026, 1, 31), _utc(2026, 2, 28)),
+        (_utc(2026, 2, 28, 1), 31, _utc(2026, 2, 28), _utc(2026, 3, 31)),
+        (_utc(2026, 4, 30, 6), 31, _utc(2026, 4, 30), _utc(2026, 5, 31)),
+        # leap years: February has 29 days in 2028, 28 in 2100 (not a leap year)
+        (_utc(2028, 2, 29, 12), 30, _utc(2028, 2, 29), _utc(2028, 3, 30)),
+        (_utc(2028, 2, 28, 12), 30, _utc(2028, 1, 30), _utc(2028, 2, 29)),
+        (_utc(2100, 2, 28, 12), 29, _utc(2100, 2, 28), _utc(2100, 3, 29)),
+        # day 1: the calendar month
+        (_utc(2026, 11, 1), 1, _utc(2026, 11, 1), _utc(2026, 12, 1)),
+    ],
+)
+def test_day_of_month_cycles(now: datetime, day: int, start: datetime, end: datetime) -> None:
+    assert cycle_for(now, day, DOM) == Cycle(start, end)
+
+
+@pytest.mark.parametrize(
+    ("now", "left", "start", "end"),
+    [
+        (_utc(2026, 11, 23, 15), 17, _utc(2026, 11, 10), _utc(2026, 12, 10)),
+        (_utc(2026, 11, 23, 15), 1, _utc(2026, 10, 24), _utc(2026, 11, 24)),
+        (_utc(2028, 2, 20), 11, _utc(2028, 2, 2), _utc(2028, 3, 2)),
+        (_utc(2026, 3, 20), 11, _utc(2026, 2, 28), _utc(2026, 3, 31)),
+    ],
+)
+def test_days_remaining_cycles(now: datetime, left: int, start: datetime, end: datetime) -> None:
+    assert cycle_for(now, left, LEFT) == Cycle(start, end)
+
+
+def test_both_readings_agree_when_the_published_value_fits_both() -> None:
+    # On Nov 23 a reset on Dec 10 is both "day 10" and "17 days left".
+    now = _utc(2026, 11, 23, 8)
+    assert cycle_for(now, 10, DOM) == cycle_for(now, 17, LEFT)
+
+
+def test_cycle_totals_count_only_the_cycle_s_days_up_to_today() -> None:
+    cycle = Cycle(_utc(2026, 11, 10), _utc(2026, 12, 10))
+    daily = {date(2026, 11, 9): 1000, date(2026, 11, 10): 5, date(2026, 11, 23): 7}
+    daily[date(2026, 12, 10)] = 2000
+    assert sum_in_cycle(daily, cycle, date(2026, 11, 23)) == 12
+    assert sum_in_cycle(daily, cycle, date(2026, 11, 22)) == 5
+
+
+@pytest.mark.parametrize(
+    ("spend", "ratio", "to_next"),
+    [
+        (0.0, 0.0, 200.0),
+        (199.99, 0.0, pytest.approx(0.01)),
+        (200.0, 0.10, 300.0),
+        (499.0, 0.10, 1.0),
+        (500.0, 0.15, 500.0),
+        (999.0, 0.15, 1.0),
+        (1000.0, 0.20, None),
+        (25_000.0, 0.20, None),
+    ],
+)
+def test_xai_reward_tiers(spend: float, ratio: float, to_next: object) -> None:
+    assert reward_ratio(spend) == ratio
+    assert spend_to_next_tier(spend) == to_next
+
+
+def test_credits_run_out_at_the_last_week_s_spend_rate() -> None:
+    now = _utc(2026, 11, 23, 12)
+    daily = {date(2026, 11, d): 10_000 for d in range(16, 23)}  # $50 a day at $0.005
+    daily[date(2026, 11, 23)] = 999_999  # today is partial and not used
+    depletion = credits_depletion(500.0, daily, now, 0.005)
+    assert depletion == _utc(2026, 12, 3, 12)
+    assert credits_depletion(500.0, {}, now, 0.005) is None
+    assert credits_depletion(-20.0, daily, now, 0.005) == now

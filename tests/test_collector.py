@@ -1,0 +1,131 @@
+"""Collector: a fixed upstream answer renders to exactly the golden exposition, lint-clean."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exporter.collector import UsageCollector
+from exporter.config import CapResetDayMeans, ProjectConfig, TokenSource
+from exporter.parse import Credits, parse_usage
+from exporter.snapshot import (
+    ConfigStatus,
+    CreditsSnapshot,
+    PollStatus,
+    ProjectState,
+    Store,
+    build_usage,
+)
+from tests.conftest import require_tool
+
+HERE = Path(__file__).parent / "golden"
+TAKEN = datetime(2026, 11, 23, 14, 0, tzinfo=UTC)
+
+
+def _store() -> Store:
+    report = parse_usage(json.loads((HERE / "usage-answer.json").read_text()))
+    usage = build_usage(report, now=TAKEN, means=CapResetDayMeans.DAY_OF_MONTH, post_read_usd=0.005)
+    store = Store(ConfigStatus(300.0, True, 1_795_000_000.0))
+    project = ProjectConfig("production", TokenSource(env="X"), 1_500.0, None)
+    store.put(
+        ProjectState(
+            project=project,
+            usage=usage,
+            credits=CreditsSnapshot(True, Credits(420.0, 400.0, 20.0), TAKEN + timedelta(days=9)),
+            status=PollStatus(
+                success=True,
+                last_attempt=TAKEN,
+                last_success=TAKEN,
+                duration=0.25,
+                rate_limit_remaining=41,
+                rate_limit_reset=1_795_449_600.0,
+            ),
+            requests={("usage", "200"): 9, ("usage", "503"): 2, ("credits", "200"): 3},
+            errors={("usage", "server_error"): 2},
+        )
+    )
+    return store
+
+
+def _render(store: Store, now: datetime) -> str:
+    registry = CollectorRegistry()
+    registry.register(UsageCollector(store, clock=lambda: now))
+    return generate_latest(registry).decode()
+
+
+def test_a_fixed_answer_renders_the_golden_exposition() -> None:
+    text = _render(_store(), TAKEN + timedelta(minutes=2))
+    golden = HERE / "metrics.prom"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
+
+
+def test_the_golden_figures_are_the_answer_s_figures() -> None:
+    """Independent of the golden file: the key numbers, read back from the exposition."""
+    registry = CollectorRegistry()
+    registry.register(UsageCollector(_store(), clock=lambda: TAKEN))
+    p = {"project": "production", "project_id": "1460987654321098752"}
+    assert registry.get_sample_value("xapi_project_posts_consumed", p) == 219_800
+    assert registry.get_sample_value("xapi_project_posts_consumed_today", p) == 27_600
+    assert registry.get_sample_value("xapi_project_spend_usd", p) == 1099.0
+    assert registry.get_sample_value("xapi_project_xai_reward_ratio", p) == 0.20
+    assert registry.get_sample_value("xapi_project_budget_usd", p) == 1500.0
+    assert registry.get_sample_value("xapi_project_spending_limit_usd", p) is None
+    # Nov 19 is the reset day: the cycle holds Nov 19..23 of the daily data.
+    start = datetime(2026, 11, 19, tzinfo=UTC).timestamp()
+    assert registry.get_sample_value("xapi_project_cycle_start_timestamp_seconds", p) == start
+    app = {**p, "app_id": "29501234"}
+    assert (
+        registry.get_sample_value("xapi_app_posts_consumed", app)
+        == 44800 + 40200 + 31000 + 29900 + 27150
+    )
+    baseline = registry.get_sample_value("xapi_project_posts_consumed_daily_baseline", p)
+    assert baseline == 42_000  # median of Nov 16..22
+
+
+def test_help_texts_say_the_values_are_cached_and_no_sample_has_a_timestamp() -> None:
+    text = _render(_store(), TAKEN)
+    helps = [line for line in text.splitlines() if line.startswith("# HELP")]
+    assert helps and all("Cached: refreshed every poll_interval" in line for line in helps)
+    samples = [line for line in text.splitlines() if not line.startswith("#")]
+    # name{labels} value, with nothing after the value
+    values = [
+        line.rsplit("} ", 1)[-1] if "}" in line else line.split(" ", 1)[1] for line in samples
+    ]
+    assert samples and all(len(value.split()) == 1 for value in values)
+
+
+def test_today_and_the_cycle_disappear_when_their_day_and_cycle_end() -> None:
+    store = _store()
+    tomorrow = _render(store, datetime(2026, 11, 24, 0, 1, tzinfo=UTC))
+    assert "xapi_project_posts_consumed_today{" not in tomorrow
+    assert "xapi_project_posts_consumed{" in tomorrow
+    next_cycle = _render(store, datetime(2026, 12, 19, 0, 0, tzinfo=UTC))
+    for name in (
+        "xapi_project_posts_consumed{",
+        "xapi_app_posts_consumed{",
+        "xapi_project_spend_usd{",
+    ):
+        assert name not in next_cycle
+    assert "xapi_project_cap_posts{" in next_cycle
+
+
+def test_promtool_finds_nothing_to_say_about_the_exposition() -> None:
+    promtool = require_tool("promtool")
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=_render(_store(), TAKEN),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == "", (
+        result.stdout + result.stderr
+    )

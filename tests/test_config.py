@@ -1,0 +1,186 @@
+"""Config: every problem named by its key path, all at once; good files become frozen objects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from exporter.config import (
+    CapResetDayMeans,
+    CreditsMode,
+    format_duration,
+    load_config,
+    parse_duration,
+)
+from exporter.errors import ConfigError
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "config.yml"
+    path.write_text(text)
+    (tmp_path / "token").write_text("secret-token-value\n")
+    return str(path)
+
+
+def _problems(tmp_path: Path, text: str, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, text), environ or {})
+    return caught.value.problems
+
+
+def test_a_full_config_becomes_frozen_typed_objects(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        """
+api_base_url: http://127.0.0.1:8080/
+poll_interval: 1m30s
+request_timeout: 500ms
+history_days: 30
+cap_reset_day_means: days_remaining
+credits: "off"
+pricing: {post_read_usd: 0.004}
+projects:
+  - name: production
+    bearer_token_file: token
+    budget_usd: 400
+    spending_limit_usd: 800.5
+  - name: staging
+    bearer_token_env: STAGING_TOKEN
+""",
+    )
+    config = load_config(path, {"STAGING_TOKEN": "abc123"})
+    assert config.api_base_url == "http://127.0.0.1:8080"
+    assert config.poll_interval == 90.0
+    assert config.request_timeout == 0.5
+    assert config.history_days == 30
+    assert config.cap_reset_day_means is CapResetDayMeans.DAYS_REMAINING
+    assert config.credits is CreditsMode.OFF
+    assert config.pricing.post_read_usd == 0.004
+    assert config.pricing.owned_read_usd == 0.001
+    production, staging = config.projects
+    assert production.token.file == tmp_path / "token"
+    assert (production.budget_usd, production.spending_limit_usd) == (400.0, 800.5)
+    assert staging.token.env == "STAGING_TOKEN"
+    assert staging.budget_usd is None
+    with pytest.raises(AttributeError):
+        config.poll_interval = 1  # type: ignore[misc]
+
+
+def test_defaults_follow_the_spec(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, "projects: [{name: p, bearer_token_file: token}]"), {})
+    assert config.api_base_url == "https://api.x.com"
+    assert (config.poll_interval, config.request_timeout, config.history_days) == (300, 10, 90)
+    assert config.cap_reset_day_means is CapResetDayMeans.DAY_OF_MONTH
+    assert config.credits is CreditsMode.AUTO
+    assert config.pricing.post_read_usd == 0.005
+    assert config.warnings() == []
+
+
+def test_every_problem_is_reported_at_once_with_its_key_path(tmp_path: Path) -> None:
+    problems = _problems(
+        tmp_path,
+        """
+poll_intervall: 5m
+poll_interval: 0s
+request_timeout: soon
+history_days: 91
+cap_reset_day_means: weekly
+pricing: {post_read_usd: -1}
+projects:
+  - name: a
+    bearer_token_file: missing-file
+  - name: a
+    bearer_token_env: NOT_SET
+    budget_usd: -5
+  - name: b
+    bearer_token: abc
+""",
+    )
+    path = str(tmp_path / "config.yml")
+    expected = [
+        "poll_intervall: unknown key",
+        "poll_interval: must be greater than 0",
+        "request_timeout: 'soon' is not a duration",
+        "history_days: must be between 1 and 90",
+        "cap_reset_day_means: must be one of day_of_month, days_remaining",
+        "pricing.post_read_usd: must not be negative",
+        f"projects[0].bearer_token_file: no such file: {tmp_path / 'missing-file'}",
+        "projects[1].name: duplicate project name 'a'",
+        "projects[1].bearer_token_env: environment variable NOT_SET is not set or empty",
+        "projects[1].budget_usd: must be greater than 0",
+        "projects[2].bearer_token: unknown key (tokens are never written inline",
+        "projects[2]: needs exactly one of bearer_token_file or bearer_token_env",
+    ]
+    for fragment in expected:
+        assert any(p.startswith(f"{path}: {fragment}") for p in problems), (fragment, problems)
+    assert len(problems) == len(expected)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("projects: []", "projects: must be a non-empty list"),
+        ("", "projects: the file is empty"),
+        ("- 1\n- 2", ": must be a mapping, got list"),
+        ("projects: [{name: p, bearer_token_file: token, budget_usd: yes}]", "must be a number"),
+        ("projects: [{name: p, bearer_token_file: token}]\nhistory_days: 2.5", "whole number"),
+        ("projects: [{name: p, bearer_token_file: token}]\napi_base_url: ftp://x", "http(s) URL"),
+        ("projects: [{name: '', bearer_token_file: token}]", "name: must be a non-empty string"),
+        ("projects: [{name: p, bearer_token_file: token, bearer_token_env: X}]", "exactly one"),
+        ("projects: [{name: p, bearer_token_file: empty}]", "is empty"),
+        ("projects: [{name: p\n", "invalid YAML at line"),
+        ("projects: [{name: p, bearer_token_file: token}]\npoll_interval: 5", "duration"),
+    ],
+)
+def test_bad_input_is_refused_with_one_clear_line(tmp_path: Path, text: str, fragment: str) -> None:
+    (tmp_path / "empty").write_text("  \n")
+    problems = _problems(tmp_path, text)
+    assert any(fragment in problem for problem in problems), problems
+    assert all("\n" not in problem and "Traceback" not in problem for problem in problems)
+
+
+def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(tmp_path / "nope.yml"), {})
+    assert caught.value.problems == [f"{tmp_path / 'nope.yml'}: no such file"]
+
+
+def test_x_bearer_token_alone_monitors_one_project() -> None:
+    config = load_config(None, {"X_BEARER_TOKEN": "abc"})
+    (project,) = config.projects
+    assert (project.name, project.token.env) == ("default", "X_BEARER_TOKEN")
+    with pytest.raises(ConfigError, match="X_BEARER_TOKEN is not set"):
+        load_config(None, {})
+
+
+def test_an_interval_under_the_rate_limit_is_allowed_but_warned_about(tmp_path: Path) -> None:
+    path = _write(tmp_path, "poll_interval: 10s\nprojects: [{name: p, bearer_token_file: token}]")
+    config = load_config(path, {})
+    assert config.poll_interval == 10
+    (warning,) = config.warnings()
+    assert warning.startswith("poll_interval: 10s polls more often")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30s", 30), ("5m", 300), ("1h30m", 5400), ("250ms", 0.25), ("1d", 86400), ("2w", 1209600)],
+)
+def test_prometheus_durations_parse(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5", "5 m", "m5", "1.5h", "-1m", "5min"])
+def test_malformed_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a duration"):
+        parse_duration(text)
+
+
+def test_durations_format_back_to_short_text() -> None:
+    assert [format_duration(s) for s in (0.5, 18, 90, 3600, 5400)] == [
+        "500ms",
+        "18s",
+        "1m30s",
+        "1h",
+        "1h30m",
+    ]
