@@ -9,17 +9,20 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
 from prometheus_client import CollectorRegistry
 
-from exporter import __version__, logs, webconfig
+from exporter import __version__, backfill, logs, report, webconfig
+from exporter.client import XApiClient, fetch_usage, read_token
 from exporter.collector import UsageCollector
-from exporter.config import Config, ProjectConfig, TokenSource, load_config
-from exporter.errors import ConfigError
+from exporter.config import Config, ProjectConfig, TokenSource, load_config, parse_duration
+from exporter.errors import ConfigError, TokenError, UpstreamError
+from exporter.parse import UsageReport
 from exporter.poller import Poller
 from exporter.simulator import Simulator, demo_projects
 from exporter.snapshot import ConfigStatus, Store
@@ -89,11 +92,53 @@ def build_check_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_source_flags(parser: argparse.ArgumentParser) -> None:
+    _add_config_flag(parser)
+    parser.add_argument("--demo", action="store_true", help="ask the embedded simulated X API")
+
+
+def build_report_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=f"{PROG} report", description="Usage report of one billing cycle.")
+    _add_source_flags(parser)
+    parser.add_argument("--cycle", choices=[w.value for w in report.Which], default="current")
+    parser.add_argument("--format", choices=[f.value for f in report.Format], default="table")
+    return parser
+
+
+def build_backfill_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=f"{PROG} backfill",
+        description="Write the daily history as OpenMetrics for "
+        "`promtool tsdb create-blocks-from openmetrics`.",
+    )
+    _add_source_flags(parser)
+    parser.add_argument("--out", required=True, metavar="FILE", help="where to write")
+    parser.add_argument(
+        "--step", default="1h", metavar="DURATION", help="sample spacing within a day (1h)"
+    )
+    parser.add_argument("--job", default="x-usage-exporter", help="job label of your scrape job")
+    parser.add_argument("--instance", default=None, help="instance label to add, if any")
+    return parser
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _subcommands() -> dict[str, tuple[Callable[[], argparse.ArgumentParser], Command]]:
+    return {
+        "check-config": (build_check_parser, check_config),
+        "report": (build_report_parser, run_report),
+        "backfill": (build_backfill_parser, run_backfill),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    subcommands = _subcommands()
     try:
-        if args and args[0] == "check-config":
-            return check_config(build_check_parser().parse_args(args[1:]))
+        if args and args[0] in subcommands:
+            build, run = subcommands[args[0]]
+            return run(build().parse_args(args[1:]))
         return serve(build_parser().parse_args(args))
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
@@ -116,6 +161,128 @@ def check_config(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{PROG}: warning: {warning}\n")
     names = ", ".join(project.name for project in config.projects)
     sys.stdout.write(f"{config.source}: ok, {len(config.projects)} project(s): {names}\n")
+    return EXIT_OK
+
+
+def _fetch_all(
+    config: Config, progress: Callable[[int, int, str], None] | None = None
+) -> list[tuple[ProjectConfig, UsageReport]] | str:
+    """One usage answer per project, or the first failure as one line."""
+    client = XApiClient(config.api_base_url, timeout=config.request_timeout)
+    fetched = []
+    try:
+        for index, project in enumerate(config.projects):
+            if progress is not None:
+                progress(index, len(config.projects), project.name)
+            try:
+                token = read_token(project.token)
+                answer = fetch_usage(
+                    client,
+                    token,
+                    config.history_days,
+                    deadline=time.monotonic() + 3 * config.request_timeout,
+                    attempts=[],
+                )
+            except (UpstreamError, TokenError) as exc:
+                return f"project {project.name}: {exc}"
+            fetched.append((project, answer))
+        if progress is not None:
+            progress(len(config.projects), len(config.projects), "")
+    finally:
+        client.close()
+    return fetched
+
+
+def _one_shot_config(args: argparse.Namespace) -> tuple[Config, Simulator | None] | int:
+    if args.demo and args.config_file:
+        sys.stderr.write(f"{PROG}: error: --demo and --config.file exclude each other\n")
+        return EXIT_USAGE
+    if args.demo:
+        simulator = Simulator(demo_projects(datetime.now(UTC)))
+        simulator.start()
+        return _demo_config(simulator), simulator
+    try:
+        return load_config(args.config_file), None
+    except ConfigError as exc:
+        return _config_errors(exc)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    loaded = _one_shot_config(args)
+    if isinstance(loaded, int):
+        return loaded
+    config, simulator = loaded
+    try:
+        fetched = _fetch_all(config)
+    finally:
+        if simulator is not None:
+            simulator.stop()
+    if isinstance(fetched, str):
+        sys.stderr.write(f"{PROG}: error: {fetched}\n")
+        return EXIT_FAILURE
+    now = datetime.now(UTC)
+    which = report.Which(args.cycle)
+    lines = [report.project_line(p, answer, config, now, which) for p, answer in fetched]
+    sys.stdout.write(report.render(lines, report.Format(args.format)))
+    return EXIT_OK
+
+
+def _progress_bar(done: int, total: int, name: str) -> None:
+    """Progress on stderr: a redrawn bar on a terminal, one line per project otherwise."""
+    width = 30
+    filled = width * done // max(total, 1)
+    text = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {name}"
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r{text:<70}" + ("\n" if done == total else ""))
+    elif name:
+        sys.stderr.write(f"fetching {done + 1}/{total}: {name}\n")
+    sys.stderr.flush()
+
+
+def run_backfill(args: argparse.Namespace) -> int:
+    try:
+        step = parse_duration(args.step)
+    except ValueError as exc:
+        sys.stderr.write(f"{PROG}: error: --step: {exc}\n")
+        return EXIT_USAGE
+    if not 60 <= step <= 86400:
+        sys.stderr.write(f"{PROG}: error: --step: must be between 1m and 1d\n")
+        return EXIT_USAGE
+    loaded = _one_shot_config(args)
+    if isinstance(loaded, int):
+        return loaded
+    config, simulator = loaded
+    try:
+        fetched = _fetch_all(config, _progress_bar)
+    finally:
+        if simulator is not None:
+            simulator.stop()
+    if isinstance(fetched, str):
+        sys.stderr.write(f"{PROG}: error: {fetched}\n")
+        return EXIT_FAILURE
+    now = datetime.now(UTC)
+    base = {"job": args.job, **({"instance": args.instance} if args.instance else {})}
+    series = [
+        item
+        for project, answer in fetched
+        for item in backfill.project_series(project.name, answer, config, now, int(step), base)
+    ]
+    out = Path(args.out)
+    partial = out.with_name(out.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8") as file:
+            file.writelines(backfill.openmetrics(series))
+        partial.replace(out)  # never leave a half-written file under the real name
+    except OSError as exc:
+        sys.stderr.write(f"{PROG}: error: --out: cannot write {out}: {exc.strerror}\n")
+        partial.unlink(missing_ok=True)
+        return EXIT_FAILURE
+    samples = sum(len(item.samples) for item in series)
+    sys.stderr.write(
+        f"wrote {samples} samples in {len(series)} series to {out}\n"
+        f"next: promtool tsdb create-blocks-from openmetrics --max-block-duration=720h {out} "
+        "<prometheus data dir>\n"
+    )
     return EXIT_OK
 
 

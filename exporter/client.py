@@ -7,7 +7,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import httpx
@@ -15,7 +15,7 @@ import httpx
 from exporter import __version__, logs
 from exporter.config import TokenSource
 from exporter.errors import ParseError, Reason, TokenError, UpstreamError
-from exporter.parse import USAGE_FIELDS, decode_json, parse_problem
+from exporter.parse import USAGE_FIELDS, UsageReport, decode_json, parse_problem, parse_usage
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +228,20 @@ def classify(
 
 def usage_params(days: int) -> dict[str, str]:
     return {"days": str(days), "usage.fields": ",".join(USAGE_FIELDS)}
+
+
+def fetch_usage(
+    client: XApiClient, token: str, days: int, *, deadline: float, attempts: list[Attempt]
+) -> UsageReport:
+    """GET /2/usage/tweets with every field, parsed; an unparsable answer is a PARSE error."""
+    payload = client.get(
+        Endpoint.USAGE, token, deadline=deadline, attempts=attempts, params=usage_params(days)
+    )
+    try:
+        return parse_usage(payload)
+    except ParseError as exc:
+        attempts[-1] = replace(attempts[-1], reason=Reason.PARSE)
+        raise UpstreamError(Reason.PARSE, f"GET {Endpoint.USAGE.path}: {exc}") from None
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:

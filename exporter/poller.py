@@ -19,12 +19,12 @@ from exporter.client import (
     Endpoint,
     RetryPolicy,
     XApiClient,
+    fetch_usage,
     read_token,
-    usage_params,
 )
 from exporter.config import Config, CreditsMode, ProjectConfig
 from exporter.errors import ParseError, Reason, TokenError, UpstreamError
-from exporter.parse import parse_credits, parse_usage
+from exporter.parse import parse_credits
 from exporter.snapshot import (
     ConfigStatus,
     CreditsSnapshot,
@@ -127,18 +127,9 @@ class ProjectPoller:
             raise UpstreamError(Reason.RATE_LIMITED, f"rate limited: no request before {reset}")
         token = read_token(self.project.token)
         deadline = time.monotonic() + self.config.poll_interval * 0.9
-        payload = self._client.get(
-            Endpoint.USAGE,
-            token,
-            deadline=deadline,
-            attempts=attempts,
-            params=usage_params(self.config.history_days),
+        report = fetch_usage(
+            self._client, token, self.config.history_days, deadline=deadline, attempts=attempts
         )
-        try:
-            report = parse_usage(payload)
-        except ParseError as exc:
-            attempts[-1] = replace(attempts[-1], reason=Reason.PARSE)
-            raise UpstreamError(Reason.PARSE, f"GET {Endpoint.USAGE.path}: {exc}") from None
         if report.missing:
             log.debug("fields missing project=%s fields=%s", self.project.name, report.missing)
         usage = build_usage(
