@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench bench-forecast clean
+.PHONY: run test lint typecheck pytest bench bench-forecast sync-chart dashboards clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,15 @@ bench: $(STAMP)
 
 bench-forecast: $(STAMP)
 	$(BIN)/python -m benchmarks.forecast
+
+# The chart cannot read outside its directory: it carries copies that a test keeps equal.
+sync-chart:
+	cp alerts/rules.yml alerts/thresholds.yml helm/x-usage-exporter/files/alerts/
+	rm -f helm/x-usage-exporter/files/dashboards/*.json
+	cp grafana/dashboards/*.json helm/x-usage-exporter/files/dashboards/
+
+dashboards: $(STAMP)
+	$(BIN)/python grafana/generate.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage build dist

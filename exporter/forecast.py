@@ -14,15 +14,17 @@ _DAY = timedelta(days=1)
 
 # Defaults chosen from first principles, not fitted to the benchmark (docs/forecasting.md).
 FIT_WINDOW_DAYS = 28  # four whole weeks: recent enough to follow growth, long enough to be robust
-MIN_TREND_DAYS = 7  # fewer days than a week cannot tell a trend from the weekly rhythm
+MIN_TREND_DAYS = 14  # fewer than two weeks cannot tell a trend from noise and the weekly rhythm
 MIN_SEGMENT_DAYS = 3  # a level shift must hold for three whole days before it is believed
 TREND_DAMPING = 0.98  # per day: a trend loses half its strength in about five weeks
 WEEKDAY_PRIOR_WEEKS = 2.0  # weekday factors are shrunk toward 1 as if seen on 2 flat weeks
 BACKTEST_ORIGINS = 21  # the band comes from the model's own errors from the last 21 days' origins
 PRIOR_LOG_SD = 0.3  # error assumed before any backtest exists (about 30%) ...
 PRIOR_WEIGHT = 1.0  # ... worth one backtest error
-MIN_PACE_SHARE = 0.25  # today's pace replaces a lone first day once a quarter of today has passed
+MIN_PACE_SHARE = 0.5  # today's pace replaces a lone first day once half of today has passed
 MAX_LOG_SD = 1.0  # bounds the lognormal mean correction on wild series
+MAX_BAND_LOG_SD = 3.0  # bounds the band (x 46 at most) so absurd histories stay finite
+MAX_LOG_POSTS = 50.0  # bounds a day's forecast (e^50 Posts) so runaway trends stay finite
 Z_80 = 1.2815515655446004  # standard normal 90th percentile: a central 80% band
 _MAD_TO_SD = 1.4826  # median absolute deviation to standard deviation for normal noise
 
@@ -49,14 +51,11 @@ class _Model:
 
     def expected(self, day: date) -> float:
         """Mean Posts expected on `day` (lognormal mean, not median)."""
-        steps = (day - self.anchor).days
-        damped = (
-            TREND_DAMPING * (1.0 - TREND_DAMPING**steps) / (1.0 - TREND_DAMPING)
-            if steps > 0
-            else float(steps)
-        )
+        steps = max((day - self.anchor).days, 0)
+        # Damped trend: day h ahead moves by slope x (phi + phi^2 + ... + phi^h).
+        damped = TREND_DAMPING * (1.0 - TREND_DAMPING**steps) / (1.0 - TREND_DAMPING)
         log_mean = self.level + self.slope * damped + self.noise * self.noise / 2.0
-        return max(0.0, math.expm1(min(log_mean, 700.0))) * self.factors[day.weekday()]
+        return max(0.0, math.expm1(min(log_mean, MAX_LOG_POSTS))) * self.factors[day.weekday()]
 
 
 def daily_baseline(daily: Mapping[date, int], today: date, days: int = 7) -> float | None:
@@ -91,9 +90,8 @@ def forecast_cycle(
     partial = daily.get(today)
     horizon = max((cycle_end - now) / _DAY, 0.0)
 
-    history = _usable_history(daily, today)
-    if len(history) == 1 and partial is not None and elapsed_today >= MIN_PACE_SHARE:
-        history = {}  # a lone first day is usually partial: today's pace says more
+    pace_known = partial is not None and elapsed_today >= MIN_PACE_SHARE
+    history = _usable_history(daily, today, pace_known)
     if history:
         raw, shrunk = _weekday_factors(history)
         anchor = max(history)
@@ -110,7 +108,7 @@ def forecast_cycle(
 
     segments = _remaining_path(model, now, cycle_end, partial, elapsed_today)
     remaining = sum(amount for _, _, amount in segments)
-    spread = math.exp(Z_80 * log_sd)
+    spread = math.exp(Z_80 * min(log_sd, MAX_BAND_LOG_SD))
     return Forecast(
         projected=consumed + remaining,
         lower=consumed + remaining / spread,
@@ -119,13 +117,22 @@ def forecast_cycle(
     )
 
 
-def _usable_history(daily: Mapping[date, int], today: date) -> dict[date, float]:
-    """Complete days worth fitting: usage starts at the first non-zero day, minus that day."""
+def _usable_history(daily: Mapping[date, int], today: date, pace_known: bool) -> dict[date, float]:
+    """Complete days worth fitting: from the first day with usage, that day only if believable.
+
+    Zeros before any usage are days the project (or its first App) did not exist yet. The first
+    day of usage is often partial, as the App started during it: it is dropped when it falls
+    below the median of the week after it, or, when it is the only day, once today's pace can
+    stand in for it.
+    """
     days = sorted((d, float(max(v, 0))) for d, v in daily.items() if d < today)
     while days and days[0][1] == 0.0:
-        days.pop(0)  # zeros before any usage: the project (or its first App) did not exist yet
+        days.pop(0)
     if len(days) > 1:
-        days.pop(0)  # the first day of usage is usually partial: the App started that day
+        if days[0][1] < statistics.median(v for _, v in days[1:8]):
+            days.pop(0)
+    elif days and pace_known:
+        days.pop(0)
     return dict(days)
 
 
@@ -156,11 +163,10 @@ def _weekday_factors(
 
 
 def _normalised(factors: Sequence[float]) -> tuple[float, ...]:
-    mean = sum(factors) / len(factors)
-    if mean <= 0.0:
-        return (1.0,) * len(factors)
     # A weekday that never sees usage keeps a small factor so the level stays estimable.
-    return tuple(max(f / mean, 0.05) for f in factors)
+    floored = [max(f, 0.05) for f in factors]
+    mean = sum(floored) / len(floored)
+    return tuple(f / mean for f in floored)
 
 
 def _fit(
@@ -187,8 +193,10 @@ def _fit(
         spread = _robust_sd([x - slope * t for t, x in zip(ts, xs, strict=True)])
         t_mean = sum(ts) / len(ts)
         standard_error = spread / math.sqrt(sum((t - t_mean) ** 2 for t in ts))
-        # A slope counts in proportion to its signal-to-noise ratio: t^2 / (1 + t^2).
-        slope *= slope * slope / (slope * slope + standard_error * standard_error + 1e-300)
+        # Positive-part James-Stein: keep the share 1 - 1/t^2 of the slope (t = slope / its
+        # standard error), the plug-in estimate of the error-minimising share; none when |t| <= 1.
+        if slope != 0.0:
+            slope *= max(0.0, 1.0 - (standard_error / slope) ** 2)
     level = statistics.median(x - slope * t for t, x in zip(ts, xs, strict=True))
     residuals = [x - level - slope * t for t, x in zip(ts, xs, strict=True)]
     noise = min(_robust_sd(residuals), MAX_LOG_SD) if len(residuals) >= 3 else 0.0
@@ -196,10 +204,10 @@ def _fit(
 
 
 def _level_shift(ts: Sequence[float], xs: Sequence[float]) -> int:
-    """Index where the last level shift starts, or 0 when a trend explains the data better.
+    """Index where a level shift starts, or 0 when a straight line explains the data better.
 
-    A one-break step (two flat levels) competes with a straight line; the step wins only when its
-    absolute error is lower by more than a BIC penalty for its two extra parameters.
+    A one-break step (two flat levels and a break: 3 parameters) competes with a straight line
+    (2 parameters); the step wins only when its BIC on absolute errors is lower.
     """
     n = len(xs)
     slope = _theil_sen_slope(ts, xs)
@@ -212,19 +220,16 @@ def _level_shift(ts: Sequence[float], xs: Sequence[float]) -> int:
             best_split, best_error = split, error
     tiny = 1e-9
     line_bic = n * math.log(line_error / n + tiny) + 2 * math.log(n)
-    step_bic = n * math.log(best_error / n + tiny) + 4 * math.log(n)
+    step_bic = n * math.log(best_error / n + tiny) + 3 * math.log(n)
     return best_split if step_bic < line_bic else 0
 
 
 def _theil_sen_slope(ts: Sequence[float], xs: Sequence[float]) -> float:
-    """Median of the pairwise slopes: a line that one wild day cannot tilt."""
+    """Median of the pairwise slopes: a line that one wild day cannot tilt (distinct `ts`)."""
     slopes = [
-        (xs[j] - xs[i]) / (ts[j] - ts[i])
-        for i in range(len(xs))
-        for j in range(i + 1, len(xs))
-        if ts[j] != ts[i]
+        (xs[j] - xs[i]) / (ts[j] - ts[i]) for i in range(len(xs)) for j in range(i + 1, len(xs))
     ]
-    return statistics.median(slopes) if slopes else 0.0
+    return statistics.median(slopes)
 
 
 def _abs_dev(xs: Sequence[float]) -> float:
@@ -308,8 +313,7 @@ def _exhaustion(
         return now
     total = float(consumed)
     for start, end, amount in segments:
-        if amount > 0.0 and total + amount >= cap:
-            crossing = start + (end - start) * ((cap - total) / amount)
-            return crossing if crossing < cycle_end else None
+        if total + amount > cap:  # strictly: reaching the cap exactly at cycle end is no crossing
+            return start + (end - start) * ((cap - total) / amount)
         total += amount
     return None

@@ -1,0 +1,1 @@
+"""Benchmarks: reproducible measurements of the exporter's forecast and performance."""

@@ -1,0 +1,239 @@
+"""Forecast benchmark: forecast_cycle against run-rate and predict_linear on synthetic traces."""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from benchmarks.traces import CYCLE_POINTS, PATTERNS, Case, make_case
+from exporter.forecast import forecast_cycle
+
+SEEDS = range(30)
+TARGET_RATIO = 0.6  # the model's overall median error must be at most this share of the baseline's
+PREDICT_LINEAR_RANGE = timedelta(days=7)
+_DAY = timedelta(days=1)
+
+Line = tuple[float, float]  # (value at now, slope per second)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Every method's answer for one case, beside the truth."""
+
+    now: datetime
+    truth: float
+    projected: float
+    lower: float
+    upper: float
+    run_rate: float
+    predict_linear: float
+    predict_linear_reset: float
+    cap: int
+    true_crossing: datetime | None
+    crossings: dict[str, datetime | None]  # by method
+
+
+@functools.cache
+def outcome(pattern: str, seed: int, cycle_day: int) -> Outcome:
+    """Score one case with every method; cached, as both tables read the same cases."""
+    case = make_case(pattern, seed, cycle_day)
+    cap = round(
+        case.true_total * random.Random(f"cap:{pattern}:{seed}:{cycle_day}").uniform(0.7, 1.3)
+    )
+    forecast = forecast_cycle(
+        daily=case.daily,
+        consumed=case.consumed,
+        now=case.now,
+        cycle_start=case.cycle_start,
+        cycle_end=case.cycle_end,
+        cap=cap,
+    )
+    in_cycle = least_squares_line(case.gauge_samples(PREDICT_LINEAR_RANGE, across_reset=False))
+    across = in_cycle
+    if case.now - PREDICT_LINEAR_RANGE < case.cycle_start:
+        across = least_squares_line(case.gauge_samples(PREDICT_LINEAR_RANGE, across_reset=True))
+    return Outcome(
+        now=case.now,
+        truth=case.true_total,
+        projected=forecast.projected,
+        lower=forecast.lower,
+        upper=forecast.upper,
+        run_rate=run_rate(case),
+        predict_linear=predict_linear(in_cycle, case),
+        predict_linear_reset=predict_linear(across, case),
+        cap=cap,
+        true_crossing=case.true_crossing(cap),
+        crossings={
+            "model": forecast.exhaustion,
+            "run-rate": _run_rate_crossing(case, cap),
+            "pred_lin": _line_crossing(in_cycle, case, cap),
+        },
+    )
+
+
+def run_rate(case: Case) -> float:
+    """Naive run-rate: consumed / elapsed days x cycle length."""
+    elapsed = (case.now - case.cycle_start) / _DAY
+    return case.consumed / elapsed * ((case.cycle_end - case.cycle_start) / _DAY)
+
+
+def least_squares_line(samples: Sequence[tuple[float, float]]) -> Line | None:
+    """The regression predict_linear() computes: value at now and slope; None under 2 samples."""
+    if len(samples) < 2:
+        return None
+    n = len(samples)
+    t_mean = sum(t for t, _ in samples) / n
+    v_mean = sum(v for _, v in samples) / n
+    t_ss = sum((t - t_mean) ** 2 for t, _ in samples)
+    slope = sum((t - t_mean) * (v - v_mean) for t, v in samples) / t_ss
+    return v_mean - slope * t_mean, slope
+
+
+def predict_linear(line: Line | None, case: Case) -> float:
+    """predict_linear(xapi_project_posts_consumed[7d], cycle end - now); no result -> consumed."""
+    if line is None:
+        return float(case.consumed)
+    value, slope = line
+    return value + slope * (case.cycle_end - case.now).total_seconds()
+
+
+def ape(predicted: float, truth: float) -> float:
+    """Absolute percentage error; 0 when both are zero."""
+    if truth == 0.0:
+        return 0.0 if abs(predicted) < 0.5 else math.inf
+    return abs(predicted - truth) / truth * 100.0
+
+
+def _run_rate_crossing(case: Case, cap: int) -> datetime | None:
+    if case.consumed >= cap:
+        return case.now
+    rate = case.consumed / ((case.now - case.cycle_start) / _DAY)
+    if rate <= 0.0:
+        return None
+    crossing = case.now + (cap - case.consumed) / rate * _DAY
+    return crossing if crossing < case.cycle_end else None
+
+
+def _line_crossing(line: Line | None, case: Case, cap: int) -> datetime | None:
+    if line is None:
+        return None
+    value, slope = line
+    if value >= cap:
+        return case.now
+    if slope <= 0.0:
+        return None
+    crossing = case.now + timedelta(seconds=(cap - value) / slope)
+    return crossing if crossing < case.cycle_end else None
+
+
+def _percent(value: float) -> str:
+    return f"{value:7.1f}%" if math.isfinite(value) else "    inf"
+
+
+def _accuracy_table() -> tuple[float, float]:
+    """Print median APE per pattern and cycle point; return the model's and best baseline's."""
+    header = (
+        f"{'pattern':<12} {'point':<7} {'n':>3}  {'model':>8} {'run-rate':>8} "
+        f"{'pred_lin':>8} {'pl_reset':>8}  {'band80':>6}"
+    )
+    print("Median absolute percentage error of the projected cycle total")
+    print(header)
+    print("-" * len(header))
+    overall: dict[str, list[float]] = {"model": [], "run": [], "pl": [], "pl_reset": []}
+    covered = scored = 0
+    for pattern in PATTERNS:
+        for point, cycle_day in CYCLE_POINTS.items():
+            errors: dict[str, list[float]] = {key: [] for key in overall}
+            inside = 0
+            for seed in SEEDS:
+                result = outcome(pattern, seed, cycle_day)
+                errors["model"].append(ape(result.projected, result.truth))
+                errors["run"].append(ape(result.run_rate, result.truth))
+                errors["pl"].append(ape(result.predict_linear, result.truth))
+                errors["pl_reset"].append(ape(result.predict_linear_reset, result.truth))
+                inside += result.lower <= result.truth <= result.upper
+            medians = {key: statistics.median(values) for key, values in errors.items()}
+            print(
+                f"{pattern:<12} {point:<7} {len(SEEDS):>3}  {_percent(medians['model'])} "
+                f"{_percent(medians['run'])} {_percent(medians['pl'])} "
+                f"{_percent(medians['pl_reset'])}  {inside / len(SEEDS):6.0%}"
+            )
+            if pattern != "zero":  # every method is exact on zero usage: it would only dilute
+                for key, values in errors.items():
+                    overall[key].extend(values)
+                covered += inside
+                scored += len(SEEDS)
+    medians = {key: statistics.median(values) for key, values in overall.items()}
+    print("-" * len(header))
+    print(
+        f"{'overall':<12} {'':<7} {scored:>3}  {_percent(medians['model'])} "
+        f"{_percent(medians['run'])} {_percent(medians['pl'])} "
+        f"{_percent(medians['pl_reset'])}  {covered / scored:6.0%}"
+    )
+    print("(overall leaves out `zero`, where every method is exact)")
+    return medians["model"], min(medians["run"], medians["pl"])
+
+
+def _exhaustion_table() -> None:
+    """Print how well each method times the cap, with the cap near the cycle's true total."""
+    methods = ("model", "run-rate", "pred_lin")
+    caught = dict.fromkeys(methods, 0)
+    false_alarms = dict.fromkeys(methods, 0)
+    timing: dict[str, list[float]] = {name: [] for name in methods}
+    reached = not_reached = 0
+    for pattern in PATTERNS:
+        for cycle_day in CYCLE_POINTS.values():
+            for seed in SEEDS:
+                result = outcome(pattern, seed, cycle_day)
+                truth = result.true_crossing
+                if pattern == "zero" or (truth is not None and truth <= result.now):
+                    continue  # already over the cap: every method answers "now"
+                reached += truth is not None
+                not_reached += truth is None
+                for name in methods:
+                    predicted = result.crossings[name]
+                    if truth is None:
+                        false_alarms[name] += predicted is not None
+                    elif predicted is not None:
+                        caught[name] += 1
+                        timing[name].append(abs((predicted - truth) / timedelta(hours=1)))
+    print()
+    print(
+        f"Cap exhaustion, cap = true cycle total x U(0.7, 1.3): {reached} cases reach it "
+        f"after now, {not_reached} do not"
+    )
+    header = f"{'method':<10} {'caught':>7} {'false alarms':>13} {'median |error| hours':>21}"
+    print(header)
+    print("-" * len(header))
+    for name in methods:
+        hours = statistics.median(timing[name]) if timing[name] else math.nan
+        print(
+            f"{name:<10} {caught[name] / max(reached, 1):7.0%} "
+            f"{false_alarms[name] / max(not_reached, 1):13.0%} {hours:21.1f}"
+        )
+
+
+def main() -> int:
+    started = time.perf_counter()
+    model, baseline = _accuracy_table()
+    ratio = model / baseline if baseline > 0.0 else math.inf
+    verdict = "PASS" if ratio <= TARGET_RATIO else "FAIL"
+    print()
+    print(
+        f"model / better baseline = {model:.1f}% / {baseline:.1f}% = {ratio:.2f} "
+        f"(target <= {TARGET_RATIO}): {verdict}"
+    )
+    _exhaustion_table()
+    print(f"\n{len(SEEDS)} seeds per row; ran in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
