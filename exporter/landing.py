@@ -100,7 +100,9 @@ def _ago(delta: timedelta) -> str:
 def _bar(
     title: str, value: float, projected: float, limit: float, marks: list[tuple[float, str]]
 ) -> str:
-    """A horizontal bar: value, projection and labelled marks on a 0..max scale."""
+    """A horizontal bar: value, projection and labelled marks on a 0..max scale.
+
+    `title` is HTML (callers escape what they put in it); mark labels are escaped here."""
     scale = max(limit, projected, value, *(m for m, _ in marks), 1.0) * 1.05
     width = 300.0
 
@@ -114,14 +116,20 @@ def _bar(
         'rx="3"/>',
         f'<rect x="0" y="14" width="{x(value)}" height="18" fill="{colour}" rx="3"/>',
     ]
-    for amount, label in marks:
+    for index, (amount, label) in enumerate(marks):
+        # Labels near an edge grow inwards, so that none is cut off; a second label drops a
+        # line lower in case two marks are close.
+        anchor = (
+            "end" if x(amount) > width * 0.8 else "start" if x(amount) < width * 0.2 else "middle"
+        )
         parts.append(
             f'<line x1="{x(amount)}" x2="{x(amount)}" y1="10" y2="36" stroke="#1d2330" '
-            f'stroke-width="1.5"/><text x="{x(amount)}" y="46" font-size="9" text-anchor="middle">'
-            f"{escape(label)}</text>"
+            f'stroke-width="1.5"/><text x="{x(amount)}" y="{46 + 10 * index}" font-size="9" '
+            f'text-anchor="{anchor}">{escape(label)}</text>'
         )
     return (
-        f'<div class="k">{escape(title)}</div><svg viewBox="-2 0 {width + 4} 50" role="img" '
+        f'<div class="k">{title}</div><svg viewBox="-2 0 {width + 4} {50 + 10 * len(marks)}" '
+        f'role="img" '
         f'aria-label="{escape(title)}">{"".join(parts)}</svg>'
     )
 
@@ -129,8 +137,9 @@ def _bar(
 def _cap_bar(usage: UsageSnapshot) -> str:
     cap = usage.cap or 0
     ratio = f"{usage.utilization:.1%} of cap" if usage.utilization is not None else "no cap known"
-    title = f"Posts: {usage.consumed:,} ({ratio}) · projected {usage.forecast.projected:,.0f}" + (
-        f" of {cap:,}" if cap else ""
+    title = escape(
+        f"Posts: {usage.consumed:,} ({ratio}) · projected {usage.forecast.projected:,.0f}"
+        + (f" of {cap:,}" if cap else "")
     )
     marks = [(float(cap), "cap")] if cap else []
     return _bar(title, usage.consumed, usage.forecast.projected, float(cap), marks)
@@ -144,16 +153,22 @@ def _spend_bar(state: ProjectState, usage: UsageSnapshot) -> str:
     if limit is not None:
         marks.append((limit, f"limit ${limit:,.0f}"))
     reward = billing.reward_ratio(usage.spend)
-    title = (
-        f"Spend: ${usage.spend:,.2f} · projected ${usage.projected_spend:,.2f} · "
-        f"xAI reward {reward:.0%}"
-    )
+    projected = f"projected ${usage.projected_spend:,.2f}"
+    over = [
+        name
+        for name, amount in (("budget", budget), ("spending limit", limit))
+        if amount is not None and usage.projected_spend > amount
+    ]
+    if over:
+        projected = f'<span class="bad">{projected}: over the {over[-1]}</span>'
+    title = f"Spend: ${usage.spend:,.2f} · {projected} · xAI reward {reward:.0%}"
     ceiling = limit if limit is not None else budget if budget is not None else 0.0
     return _bar(title, usage.spend, usage.projected_spend, ceiling, marks)
 
 
 def _history(usage: UsageSnapshot, now: datetime) -> str:
-    """Daily Posts of the cycle so far, as bars (today partial, lighter)."""
+    """Daily Posts of the cycle so far, as bars (today partial, lighter) on the whole cycle's
+    width, so that the days left show as room."""
     days: list[date] = []
     day = usage.cycle.start.date()
     while day <= min(now.date(), usage.cycle.end.date() - timedelta(days=1)):
@@ -162,7 +177,7 @@ def _history(usage: UsageSnapshot, now: datetime) -> str:
     if not days:
         return ""
     peak = max((usage.daily.get(d, 0) for d in days), default=0) or 1
-    slot = 300 / max(len(days), 1)
+    slot = 300 / max((usage.cycle.end - usage.cycle.start).days, 1)
     bars = []
     for index, day in enumerate(days):
         count = usage.daily.get(day, 0)
@@ -175,7 +190,8 @@ def _history(usage: UsageSnapshot, now: datetime) -> str:
         )
     return (
         f'<div class="k">Daily Posts this cycle (peak {peak:,})</div>'
-        f'<svg viewBox="0 0 300 72" role="img" aria-label="daily Posts">{"".join(bars)}</svg>'
+        f'<svg viewBox="0 0 300 72" role="img" aria-label="daily Posts">'
+        f'<rect x="0" y="70" width="300" height="2" fill="#e7ebf0"/>{"".join(bars)}</svg>'
     )
 
 
