@@ -248,7 +248,10 @@ def parse_config(
         CapResetDayMeans,
         CapResetDayMeans.DAY_OF_MONTH,
     )
-    credits = check.choice(top.get("credits"), "credits", CreditsMode, CreditsMode.AUTO)
+    credits_raw = top.get("credits")
+    if isinstance(credits_raw, bool):  # YAML 1.1 reads an unquoted on/off as a boolean
+        credits_raw = "on" if credits_raw else "off"
+    credits = check.choice(credits_raw, "credits", CreditsMode, CreditsMode.AUTO)
     projects = _parse_projects(check, top.get("projects"), base_dir, environ)
     config = Config(
         projects=tuple(projects),

@@ -140,6 +140,12 @@ def test_bad_input_is_refused_with_one_clear_line(tmp_path: Path, text: str, fra
     assert all("\n" not in problem and "Traceback" not in problem for problem in problems)
 
 
+@pytest.mark.parametrize(("text", "mode"), [("off", "off"), ("on", "on"), ("'off'", "off")])
+def test_unquoted_on_and_off_mean_the_credits_modes(tmp_path: Path, text: str, mode: str) -> None:
+    path = _write(tmp_path, f"credits: {text}\nprojects: [{{name: p, bearer_token_file: token}}]")
+    assert load_config(path, {}).credits is CreditsMode(mode)
+
+
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(str(tmp_path / "nope.yml"), {})
