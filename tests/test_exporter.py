@@ -348,3 +348,18 @@ def test_readiness_waits_for_every_first_poll(tmp_path: Path) -> None:
         assert not h.poller.ready
         h.poller.poll_all_now()
         assert h.poller.ready
+
+
+def test_a_slow_project_never_delays_another(tmp_path: Path) -> None:
+    with running(_projects(), tmp_path) as h:
+        h.start(h.config(request_timeout="10s"))
+        h.simulator.set_fault(Fault.SLOW, project_id="1001", delay=3.0)
+        h.poller.start()  # the real scheduler: one job per project, first run now
+        deadline = time.monotonic() + 10
+        while h.store.states["p1"].status.success is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert h.store.states["p1"].status.success is True
+        assert h.store.states["p0"].status.success is None  # still waiting on its slow answer
+        while h.store.states["p0"].status.success is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert h.store.states["p0"].status.success is True
