@@ -207,19 +207,30 @@ def _one_shot_config(args: argparse.Namespace) -> tuple[Config, Simulator | None
         return _config_errors(exc)
 
 
-def run_report(args: argparse.Namespace) -> int:
+def _one_shot_fetch(
+    args: argparse.Namespace, progress: Callable[[int, int, str], None] | None = None
+) -> tuple[Config, list[tuple[ProjectConfig, UsageReport]]] | int:
+    """Config and one usage answer per project for report and backfill, or their exit code."""
     loaded = _one_shot_config(args)
     if isinstance(loaded, int):
         return loaded
     config, simulator = loaded
     try:
-        fetched = _fetch_all(config)
+        fetched = _fetch_all(config, progress)
     finally:
         if simulator is not None:
             simulator.stop()
     if isinstance(fetched, str):
         sys.stderr.write(f"{PROG}: error: {fetched}\n")
         return EXIT_FAILURE
+    return config, fetched
+
+
+def run_report(args: argparse.Namespace) -> int:
+    loaded = _one_shot_fetch(args)
+    if isinstance(loaded, int):
+        return loaded
+    config, fetched = loaded
     now = datetime.now(UTC)
     which = report.Which(args.cycle)
     lines = [report.project_line(p, answer, config, now, which) for p, answer in fetched]
@@ -248,18 +259,10 @@ def run_backfill(args: argparse.Namespace) -> int:
     if not 60 <= step <= 86400:
         sys.stderr.write(f"{PROG}: error: --step: must be between 1m and 1d\n")
         return EXIT_USAGE
-    loaded = _one_shot_config(args)
+    loaded = _one_shot_fetch(args, _progress_bar)
     if isinstance(loaded, int):
         return loaded
-    config, simulator = loaded
-    try:
-        fetched = _fetch_all(config, _progress_bar)
-    finally:
-        if simulator is not None:
-            simulator.stop()
-    if isinstance(fetched, str):
-        sys.stderr.write(f"{PROG}: error: {fetched}\n")
-        return EXIT_FAILURE
+    config, fetched = loaded
     now = datetime.now(UTC)
     base = {"job": args.job, **({"instance": args.instance} if args.instance else {})}
     series = [

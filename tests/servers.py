@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,22 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._log_file.close()
+
+
+def exporter(tmp: Path, *args: str) -> Server:
+    """`python -m exporter` on a free loopback port with the given flags, once it is ready."""
+    port = free_port()
+    server = Server(
+        [sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{port}", *args],
+        f"http://127.0.0.1:{port}",
+        tmp / f"exporter-{port}.log",
+    )
+    try:
+        server.wait_ready("/-/ready")
+    except AssertionError:
+        server.stop()
+        raise
+    return server
 
 
 class Prometheus(Server):

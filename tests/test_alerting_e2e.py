@@ -9,7 +9,6 @@ receivers pointed at a webhook that this test runs.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from exporter.config import format_duration, parse_duration
 from exporter.simulator import Simulator
 from tests.conftest import free_port
 from tests.harness import sim_project
-from tests.servers import Alertmanager, Prometheus, Server
+from tests.servers import Alertmanager, Prometheus, Server, exporter
 
 ROOT = Path(__file__).resolve().parent.parent
 TIME_SCALE = 60
@@ -124,23 +123,10 @@ def stack(tmp_path: Path) -> Iterator[tuple[Simulator, Webhook, Prometheus]]:
         f"api_base_url: {simulator.url}\npoll_interval: 2s\ncredits: 'off'\n"
         "projects: [{name: production, bearer_token_file: token}]\n"
     )
-    port = free_port()
-    exporter = Server(
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--config.file",
-            str(config),
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-        ],
-        f"http://127.0.0.1:{port}",
-        tmp_path / "exporter.log",
-    )
-    servers: list[Server] = [exporter]
+    servers: list[Server] = []
     try:
-        exporter.wait_ready("/-/ready")
+        target = exporter(tmp_path, "--config.file", str(config))
+        servers.append(target)
         alertmanager = Alertmanager(tmp_path, _alertmanager_config(webhook))
         servers.append(alertmanager)
         rule_files = "".join(f"  - {path}\n" for path in _time_compressed_rules(tmp_path))
@@ -151,7 +137,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Simulator, Webhook, Prometheus]]:
             "alerting:\n  alertmanagers:\n"
             f"    - static_configs: [{{targets: ['{alertmanager.url.removeprefix('http://')}']}}]\n"
             "scrape_configs:\n  - job_name: x-usage-exporter\n"
-            f"    static_configs: [{{targets: ['127.0.0.1:{port}']}}]\n",
+            f"    static_configs: [{{targets: ['{target.url.removeprefix('http://')}']}}]\n",
         )
         servers.append(prometheus)
         yield simulator, webhook, prometheus

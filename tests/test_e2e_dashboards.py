@@ -18,12 +18,11 @@ from types import ModuleType
 import pytest
 
 from exporter.simulator import Simulator
-from tests.conftest import free_port, require_tool
+from tests.conftest import require_tool
 from tests.harness import sim_project
-from tests.servers import Prometheus, Server
+from tests.servers import Prometheus, exporter
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPORTER = [sys.executable, "-m", "exporter"]
 # Every project of both exporters: healthy demo projects and troubled ones.
 VARIABLES = {"job": "x-usage-exporter", "project": ".+", "__range": "1h"}
 pytestmark = pytest.mark.e2e
@@ -42,18 +41,11 @@ def _generator() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    tmp = tmp_path_factory.mktemp("demo")
-    port = free_port()
-    exporter = Server(
-        [*EXPORTER, "--demo", "--web.listen-address", f"127.0.0.1:{port}"],
-        f"http://127.0.0.1:{port}",
-        tmp / "exporter.log",
-    )
+    server = exporter(tmp_path_factory.mktemp("demo"), "--demo")
     try:
-        exporter.wait_ready("/-/ready")
-        yield exporter.url
+        yield server.url
     finally:
-        exporter.stop()
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +63,15 @@ def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "projects: [{name: overview, bearer_token_file: good},"
         " {name: revoked, bearer_token_file: revoked}]\n"
     )
-    port = free_port()
-    exporter = Server(
-        [*EXPORTER, "--config.file", str(config), "--web.listen-address", f"127.0.0.1:{port}"],
-        f"http://127.0.0.1:{port}",
-        tmp / "exporter.log",
-    )
     try:
-        exporter.wait_ready("/-/ready")
-        yield exporter.url
+        server = exporter(tmp, "--config.file", str(config))
+    except AssertionError:
+        simulator.stop()
+        raise
+    try:
+        yield server.url
     finally:
-        exporter.stop()
+        server.stop()
         simulator.stop()
 
 
