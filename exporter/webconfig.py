@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
+import re
 import ssl
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -16,6 +18,8 @@ import yaml
 
 from exporter.errors import ConfigError
 from exporter.web import WsgiApp
+
+log = logging.getLogger(__name__)
 
 CLIENT_AUTH_TYPES = {
     "NoClientCert": ssl.CERT_NONE,
@@ -42,6 +46,17 @@ _TLS_KEYS = {
     "max_version",
 }
 _HTTP_KEYS = {"headers", "http2"}
+# exporter-toolkit's list of the headers a web config may add, with their allowed values (none
+# listed: any value). Anything else could break answers (Content-Length, hop-by-hop headers).
+EXTRA_HEADERS: dict[str, tuple[str, ...]] = {
+    "Strict-Transport-Security": (),
+    "X-Content-Type-Options": ("nosniff",),
+    "X-Frame-Options": ("deny", "sameorigin"),
+    "X-XSS-Protection": (),
+    "Content-Security-Policy": (),
+}
+# What bcrypt.checkpw accepts: a version, a cost of 04 to 31, then 22 salt and 31 hash characters.
+_BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
 
 @dataclass(frozen=True)
@@ -67,7 +82,8 @@ class WebConfig:
         context.minimum_version = TLS_VERSIONS[self.tls.min_version]
         if self.tls.max_version is not None:
             context.maximum_version = TLS_VERSIONS[self.tls.max_version]
-        context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        # An encrypted key would make OpenSSL prompt on the terminal: fail instead.
+        context.load_cert_chain(self.tls.cert_file, self.tls.key_file, password=_no_password)
         context.verify_mode = CLIENT_AUTH_TYPES[self.tls.client_auth_type]
         if self.tls.client_ca_file is not None:
             context.load_verify_locations(cafile=str(self.tls.client_ca_file))
@@ -116,16 +132,24 @@ class _Guard:
             user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return False
-        hashed = self._users.get(user)
-        if not sep or hashed is None:
+        if not sep:
             return False
+        known = user in self._users
         key = (user, hashlib.sha256(password.encode()).digest())
         with self._lock:
-            if key in self._verified:
+            if known and key in self._verified:
                 return True
+        # An unknown user costs one bcrypt check too, so that timing does not tell which users
+        # exist; the decoy hash is a configured one, and the answer is no whatever it says.
+        hashed = self._users[user] if known else next(iter(self._users.values()))
         import bcrypt  # noqa: PLC0415 - an optional dependency, checked at load time
 
-        if not bcrypt.checkpw(password.encode(), hashed):
+        try:
+            matches = bcrypt.checkpw(password.encode(), hashed)
+        except ValueError:  # a hash that passed load() but that bcrypt cannot read
+            log.error("basic auth: unusable bcrypt hash user=%s", user)
+            return False
+        if not (matches and known):
             return False
         with self._lock:
             self._verified.add(key)
@@ -157,22 +181,77 @@ def load(path: str) -> WebConfig:
             for key in http
             if key not in _HTTP_KEYS
         ]
-        raw_headers = http.get("headers") or {}
-        if isinstance(raw_headers, Mapping):
-            headers = {str(k): str(v) for k, v in raw_headers.items()}
-        else:
-            problems.append(f"{path}: http_server_config.headers: must be a mapping")
+        headers = _headers(http.get("headers"), path, problems)
     if problems:
         raise ConfigError(problems)
     config = WebConfig(tls, users, headers)
     if tls is not None:
+        _check_tls_files(tls, f"{path}: tls_server_config")
         try:
-            config.ssl_context()
-        except (OSError, ssl.SSLError) as exc:
+            config.ssl_context()  # what serve() will build: it must not fail there
+        except (OSError, ValueError) as exc:
             raise ConfigError(
-                [f"{path}: tls_server_config: {exc.__class__.__name__}: {exc}"]
+                [f"{path}: tls_server_config: {type(exc).__name__}: {_ssl_reason(exc)}"]
             ) from None
     return config
+
+
+def _headers(raw: object, path: str, problems: list[str]) -> dict[str, str]:
+    if raw is None:
+        return {}
+    where = f"{path}: http_server_config.headers"
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: must be a mapping")
+        return {}
+    headers = {}
+    for name, value in raw.items():
+        allowed = EXTRA_HEADERS.get(str(name))
+        text = "" if value is None else str(value)
+        if allowed is None:
+            problems.append(
+                f"{where}.{name}: cannot be configured (allowed: {', '.join(EXTRA_HEADERS)})"
+            )
+        elif allowed and text not in allowed:
+            problems.append(f"{where}.{name}: must be one of {', '.join(allowed)}")
+        elif not text or any(c in text for c in "\r\n"):
+            problems.append(f"{where}.{name}: must be a non-empty single-line value")
+        else:
+            headers[str(name)] = text
+    return headers
+
+
+def _check_tls_files(tls: TlsConfig, where: str) -> None:
+    """Load the certificate, key and client CA once, so that a bad file stops the start."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file, password=_no_password)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            [
+                f"{where}.cert_file, key_file: cannot use them as a PEM certificate and its "
+                f"unencrypted private key ({_ssl_reason(exc)})"
+            ]
+        ) from None
+    if tls.client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(tls.client_ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                [
+                    f"{where}.client_ca_file: cannot use it as a PEM CA certificate "
+                    f"({_ssl_reason(exc)})"
+                ]
+            ) from None
+
+
+def _ssl_reason(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+    reason = reason or type(exc).__name__
+    return re.sub(r" \(_ssl\.c:\d+\)$", "", str(reason))
+
+
+def _no_password() -> bytes:
+    return b""  # an encrypted key then fails to load, with no prompt
 
 
 def _tls(raw: object, base: Path, path: str, problems: list[str]) -> TlsConfig | None:
@@ -204,6 +283,12 @@ def _tls(raw: object, base: Path, path: str, problems: list[str]) -> TlsConfig |
         problems.append(f"{where}.client_auth_type: must be one of {', '.join(CLIENT_AUTH_TYPES)}")
     elif CLIENT_AUTH_TYPES[auth] != ssl.CERT_NONE and client_ca is None:
         problems.append(f"{where}.client_ca_file: required with client_auth_type {auth}")
+    elif CLIENT_AUTH_TYPES[auth] == ssl.CERT_NONE and client_ca is not None:
+        # As in exporter-toolkit: a CA without a client auth policy would check nobody.
+        problems.append(
+            f"{where}.client_auth_type: {auth} while client_ca_file is set: client "
+            "certificates would not be checked (use RequireAndVerifyClientCert)"
+        )
     versions = []
     for name in ("min_version", "max_version"):
         value = raw.get(name)
@@ -211,6 +296,8 @@ def _tls(raw: object, base: Path, path: str, problems: list[str]) -> TlsConfig |
             problems.append(f"{where}.{name}: must be one of {', '.join(TLS_VERSIONS)}")
             value = None
         versions.append(None if value is None else str(value))
+    if versions[0] and versions[1] and TLS_VERSIONS[versions[1]] < TLS_VERSIONS[versions[0]]:
+        problems.append(f"{where}.max_version: must not be below min_version")
     if cert is None or key is None:
         return None
     return TlsConfig(cert, key, auth, client_ca, versions[0] or "TLS12", versions[1])
@@ -225,8 +312,11 @@ def _users(raw: object, path: str, problems: list[str]) -> dict[str, bytes]:
         return {}
     users = {}
     for user, hashed in raw.items():
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            problems.append(f"{where}.{user}: must be a bcrypt hash ($2a$, $2b$ or $2y$)")
+        if not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
+            problems.append(
+                f"{where}.{user}: must be a bcrypt hash ($2a$, $2b$ or $2y$, cost 04 to 31, "
+                "60 characters)"
+            )
             continue
         users[str(user)] = hashed.encode()
     if users:

@@ -1,0 +1,634 @@
+"""--web.config.file: TLS, client certificates, basic auth and headers, checked by a real TLS
+client against the exporter process; and the validation of the file itself."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import httpx
+import pytest
+
+from exporter import webconfig
+from exporter.errors import ConfigError
+from exporter.simulator import Simulator
+from tests.conftest import free_port, record_log, require_tool
+from tests.harness import sim_project
+from tests.test_cli import Exporter
+
+TOKEN = "token-Wq7cfgZ-aaaaaaaaaaaaaaaaaaaaaa"  # no fragment of it is a word a log could hold
+USER, PASSWORD = "prometheus", "correct horse battery staple"
+OPENSSL_CONFIG = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = unused
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate it signed, plus a
+    client certificate signed by another CA."""
+
+    dir: Path
+    ca: Path
+    server: tuple[Path, Path]  # certificate, key
+    client: tuple[Path, Path]
+    stranger: tuple[Path, Path]
+
+    def client_context(self, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if cert is not None:
+            context.load_cert_chain(*cert)
+        return context
+
+
+def _openssl(openssl: str, cwd: Path, *args: str) -> None:
+    result = subprocess.run(
+        [openssl, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, f"openssl {' '.join(args)}: {result.stderr}"
+
+
+def _new_ca(openssl: str, cwd: Path, name: str) -> None:
+    _openssl(
+        openssl,
+        cwd,
+        *("req", "-x509", "-config", "openssl.cnf", "-extensions", "ca", "-days", "2"),
+        *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
+        *("-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={name}"),
+    )
+
+
+def _new_cert(
+    openssl: str, cwd: Path, name: str, ca: str, extensions: str, serial: int
+) -> tuple[Path, Path]:
+    _openssl(
+        openssl,
+        cwd,
+        *("req", "-new", "-config", "openssl.cnf", "-subj", f"/CN={name}"),
+        *("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
+        *("-keyout", f"{name}.key", "-out", f"{name}.csr"),
+    )
+    _openssl(
+        openssl,
+        cwd,
+        *("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key"),
+        *("-set_serial", str(serial), "-days", "2"),
+        *("-extfile", "openssl.cnf", "-extensions", extensions, "-out", f"{name}.crt"),
+    )
+    return cwd / f"{name}.crt", cwd / f"{name}.key"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    openssl = require_tool("openssl")
+    cwd = tmp_path_factory.mktemp("pki")
+    (cwd / "openssl.cnf").write_text(OPENSSL_CONFIG)
+    _new_ca(openssl, cwd, "ca")
+    _new_ca(openssl, cwd, "other-ca")
+    return Pki(
+        dir=cwd,
+        ca=cwd / "ca.crt",
+        server=_new_cert(openssl, cwd, "127.0.0.1", "ca", "server", 2),
+        client=_new_cert(openssl, cwd, "scraper", "ca", "client", 3),
+        stranger=_new_cert(openssl, cwd, "stranger", "other-ca", "client", 4),
+    )
+
+
+def _hash(password: str) -> str:
+    # Cost 4, the minimum: the tests check the checking, not bcrypt's slowness.
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[Simulator]:
+    sim = Simulator([sim_project("1001", TOKEN)])
+    sim.start()
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def _exporter_config(directory: Path, simulator: Simulator) -> Path:
+    (directory / "token").write_text(TOKEN + "\n")
+    path = directory / "config.yml"
+    path.write_text(
+        f"api_base_url: {simulator.url}\npoll_interval: 1h\nrequest_timeout: 2s\ncredits: 'off'\n"
+        "projects: [{name: p0, bearer_token_file: token}]\n"
+    )
+    return path
+
+
+@dataclass
+class Served:
+    exporter: Exporter
+    url: str  # https://127.0.0.1:PORT
+
+
+def _serve(
+    directory: Path, simulator: Simulator, web_config: str, ready: Callable[[str], None]
+) -> Iterator[Served]:
+    """An exporter process behind `web_config`; `ready(url)` returns once it answers."""
+    web = directory / "web.yml"
+    web.write_text(web_config)
+    exporter = Exporter(
+        directory,
+        *("--config.file", str(_exporter_config(directory, simulator))),
+        *("--web.config.file", str(web)),
+    )
+    try:
+        served = Served(exporter, f"https://127.0.0.1:{exporter.port}")
+        _wait_until(lambda: _answers(ready, served.url), exporter)
+        yield served
+    finally:
+        _stop(exporter)
+
+
+def _answers(ready: Callable[[str], None], url: str) -> bool:
+    try:
+        ready(url)
+    except (httpx.HTTPError, AssertionError):
+        return False
+    return True
+
+
+def _wait_until(check: Callable[[], bool], exporter: Exporter, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        assert exporter.proc.poll() is None, exporter.log.read_text()
+        time.sleep(0.1)
+    raise AssertionError(f"the exporter never answered: {exporter.log.read_text()}")
+
+
+def _stop(exporter: Exporter) -> None:
+    if exporter.proc.poll() is None:
+        try:
+            exporter.stop()
+        except subprocess.TimeoutExpired:
+            exporter.proc.kill()
+            exporter.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def tls_with_auth(
+    pki: Pki, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """TLS without client certificates, one basic auth user, two extra headers."""
+    directory = tmp_path_factory.mktemp("tls-auth")
+    cert, key = pki.server
+    web_config = (
+        f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+        f"basic_auth_users:\n  {USER}: '{_hash(PASSWORD)}'\n"
+        "http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
+        "    Strict-Transport-Security: max-age=31536000\n"
+    )
+
+    def ready(url: str) -> None:
+        answer = httpx.get(
+            f"{url}/-/ready", verify=pki.client_context(), auth=(USER, PASSWORD), timeout=2
+        )
+        assert answer.status_code == 200
+
+    yield from _serve(directory, simulator, web_config, ready)
+
+
+@pytest.fixture(scope="module")
+def mutual_tls(
+    pki: Pki, simulator: Simulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """TLS that requires a client certificate signed by the CA; no basic auth."""
+    directory = tmp_path_factory.mktemp("mtls")
+    cert, key = pki.server
+    web_config = (
+        f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+        f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {pki.ca}\n"
+    )
+
+    def ready(url: str) -> None:
+        context = pki.client_context(pki.client)
+        assert httpx.get(f"{url}/-/ready", verify=context, timeout=2).status_code == 200
+
+    yield from _serve(directory, simulator, web_config, ready)
+
+
+def _get(
+    served: Served, pki: Pki, path: str, auth: tuple[str, str] | None = None
+) -> httpx.Response:
+    return httpx.get(f"{served.url}{path}", verify=pki.client_context(), auth=auth, timeout=5)
+
+
+# -- TLS and basic auth ---------------------------------------------------------------------------
+
+
+def test_the_right_password_gets_the_metrics_over_tls(tls_with_auth: Served, pki: Pki) -> None:
+    answer = _get(tls_with_auth, pki, "/metrics", (USER, PASSWORD))
+    assert answer.status_code == 200
+    assert 'xapi_project_posts_consumed{project="p0",project_id="1001"}' in answer.text
+
+
+def test_no_password_gets_401_with_a_basic_challenge(tls_with_auth: Served, pki: Pki) -> None:
+    answer = _get(tls_with_auth, pki, "/metrics")
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"].startswith("Basic realm=")
+    assert "xapi_" not in answer.text
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [(USER, "wrong password"), ("someone-else", PASSWORD), (USER, ""), (USER, PASSWORD + " ")],
+    ids=["wrong-password", "wrong-user", "empty-password", "trailing-space"],
+)
+def test_a_wrong_password_or_user_gets_401(
+    tls_with_auth: Served, pki: Pki, auth: tuple[str, str]
+) -> None:
+    answer = _get(tls_with_auth, pki, "/metrics", auth)
+    assert answer.status_code == 401
+    assert "www-authenticate" in answer.headers
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        "Bearer " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode(),
+        "Basic not-base64!",
+        "Basic " + base64.b64encode(USER.encode()).decode(),  # no colon
+        "Basic " + base64.b64encode(b"\xff\xfe:\xff").decode(),  # not UTF-8
+        "Basic",
+    ],
+)
+def test_a_malformed_authorization_header_gets_401(
+    tls_with_auth: Served, pki: Pki, authorization: str
+) -> None:
+    answer = httpx.get(
+        f"{tls_with_auth.url}/metrics",
+        verify=pki.client_context(),
+        headers={"Authorization": authorization},
+        timeout=5,
+    )
+    assert answer.status_code == 401
+
+
+def test_a_verified_password_stays_tied_to_its_user_and_password(
+    tls_with_auth: Served, pki: Pki
+) -> None:
+    # The guard remembers verified credentials: a right password must not open the door to a
+    # wrong one afterwards, nor to another user.
+    assert _get(tls_with_auth, pki, "/metrics", (USER, PASSWORD)).status_code == 200
+    assert _get(tls_with_auth, pki, "/metrics", (USER, PASSWORD[:-1])).status_code == 401
+    assert _get(tls_with_auth, pki, "/metrics", ("other", PASSWORD)).status_code == 401
+    assert _get(tls_with_auth, pki, "/metrics", (USER, PASSWORD)).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/-/healthy", "/-/ready", "/", "/nope"])
+def test_every_path_is_behind_auth_health_included(
+    tls_with_auth: Served, pki: Pki, path: str
+) -> None:
+    assert _get(tls_with_auth, pki, path).status_code == 401
+    assert _get(tls_with_auth, pki, path, (USER, "wrong")).status_code == 401
+    expected = 404 if path == "/nope" else 200
+    assert _get(tls_with_auth, pki, path, (USER, PASSWORD)).status_code == expected
+
+
+def test_reload_is_behind_auth_too(tls_with_auth: Served, pki: Pki) -> None:
+    url = f"{tls_with_auth.url}/-/reload"
+    assert httpx.post(url, verify=pki.client_context(), timeout=5).status_code == 401
+    answer = httpx.post(url, verify=pki.client_context(), auth=(USER, PASSWORD), timeout=5)
+    assert answer.status_code == 200
+
+
+def test_configured_headers_are_added_to_every_answer(tls_with_auth: Served, pki: Pki) -> None:
+    answers = [
+        _get(tls_with_auth, pki, "/metrics", (USER, PASSWORD)),
+        _get(tls_with_auth, pki, "/", (USER, PASSWORD)),
+        _get(tls_with_auth, pki, "/metrics"),  # the 401 too
+        _get(tls_with_auth, pki, "/nope", (USER, PASSWORD)),
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 401, 404]
+    for answer in answers:
+        assert answer.headers["x-frame-options"] == "deny"
+        assert answer.headers["strict-transport-security"] == "max-age=31536000"
+
+
+def test_plain_http_to_the_tls_port_gets_no_http_answer(tls_with_auth: Served, pki: Pki) -> None:
+    port = tls_with_auth.exporter.port
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{port}/metrics", auth=(USER, PASSWORD), timeout=5)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        try:
+            reply = sock.recv(4096)
+        except OSError:
+            reply = b""
+    assert not reply.startswith(b"HTTP/"), reply[:80]
+    # The failed handshakes did not hurt the server.
+    assert _get(tls_with_auth, pki, "/metrics", (USER, PASSWORD)).status_code == 200
+
+
+def test_a_client_that_does_not_trust_the_ca_refuses_the_server(tls_with_auth: Served) -> None:
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{tls_with_auth.url}/metrics", verify=ssl.create_default_context(), timeout=5)
+
+
+def test_the_credentials_appear_in_no_log_line(tls_with_auth: Served, pki: Pki) -> None:
+    _get(tls_with_auth, pki, "/metrics", (USER, "a-wrong-password-xyz"))
+    log = tls_with_auth.exporter.log.read_text()
+    assert "listening" in log
+    for secret in (PASSWORD, "a-wrong-password-xyz", TOKEN):
+        assert secret not in log
+
+
+# -- client certificates --------------------------------------------------------------------------
+
+
+def test_a_required_client_certificate_admits_the_ca_signed_client(
+    mutual_tls: Served, pki: Pki
+) -> None:
+    answer = httpx.get(
+        f"{mutual_tls.url}/metrics", verify=pki.client_context(pki.client), timeout=5
+    )
+    assert answer.status_code == 200
+    assert "xapi_project_info" in answer.text
+
+
+@pytest.mark.parametrize("who", ["no-certificate", "foreign-ca"])
+def test_a_required_client_certificate_refuses_other_clients(
+    mutual_tls: Served, pki: Pki, who: str
+) -> None:
+    context = pki.client_context(pki.stranger if who == "foreign-ca" else None)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{mutual_tls.url}/metrics", verify=context, timeout=5)
+    # The refused handshake did not hurt the server.
+    good = httpx.get(f"{mutual_tls.url}/-/healthy", verify=pki.client_context(pki.client))
+    assert good.status_code == 200
+
+
+# -- invalid files: the process exits 2 with one line naming the key ------------------------------
+
+
+def _invalid_cases(pki: Pki) -> dict[str, tuple[str, str]]:
+    """name: (web config, the part of the one error line that names the key)."""
+    cert, key = pki.server
+    tls = f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+    return {
+        "unknown-key": (tls + "tls_server_confg: {}\n", "tls_server_confg: unknown key"),
+        "unknown-tls-key": (
+            tls + "  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
+            "tls_server_config.cipher_suites: unknown or unsupported key",
+        ),
+        "missing-cert-file": (
+            f"tls_server_config:\n  cert_file: {pki.dir / 'nope.crt'}\n  key_file: {key}\n",
+            f"tls_server_config.cert_file: no such file: {pki.dir / 'nope.crt'}",
+        ),
+        "cert-not-pem": (
+            f"tls_server_config:\n  cert_file: {pki.dir / 'openssl.cnf'}\n  key_file: {key}\n",
+            "tls_server_config.cert_file, key_file: cannot use them as a PEM certificate",
+        ),
+        "key-of-another-cert": (
+            f"tls_server_config:\n  cert_file: {cert}\n  key_file: {pki.client[1]}\n",
+            "tls_server_config.cert_file, key_file: cannot use them as a PEM certificate",
+        ),
+        "plain-password": (
+            f"basic_auth_users:\n  {USER}: {PASSWORD}\n",
+            f"basic_auth_users.{USER}: must be a bcrypt hash",
+        ),
+        "truncated-bcrypt-hash": (
+            f"basic_auth_users:\n  {USER}: '{_hash(PASSWORD)[:-4]}'\n",
+            f"basic_auth_users.{USER}: must be a bcrypt hash",
+        ),
+        "client-auth-without-ca": (
+            tls + "  client_auth_type: RequireAndVerifyClientCert\n",
+            "tls_server_config.client_ca_file: required with client_auth_type "
+            "RequireAndVerifyClientCert",
+        ),
+        "ca-without-client-auth": (
+            tls + f"  client_ca_file: {pki.ca}\n",
+            "tls_server_config.client_auth_type: NoClientCert while client_ca_file is set",
+        ),
+        "unknown-client-auth": (
+            tls + "  client_auth_type: Sometimes\n",
+            "tls_server_config.client_auth_type: must be one of",
+        ),
+        "unknown-tls-version": (
+            tls + "  min_version: TLS14\n",
+            "tls_server_config.min_version: must be one of",
+        ),
+        "header-not-allowed": (
+            "http_server_config:\n  headers:\n    Content-Length: '0'\n",
+            "http_server_config.headers.Content-Length: cannot be configured",
+        ),
+        "header-value-not-allowed": (
+            "http_server_config:\n  headers:\n    X-Frame-Options: allow-from-anyone\n",
+            "http_server_config.headers.X-Frame-Options: must be one of deny, sameorigin",
+        ),
+        "not-a-mapping": ("- tls_server_config\n", "must be a mapping"),
+    }
+
+
+INVALID = [
+    "unknown-key",
+    "unknown-tls-key",
+    "missing-cert-file",
+    "cert-not-pem",
+    "key-of-another-cert",
+    "plain-password",
+    "truncated-bcrypt-hash",
+    "client-auth-without-ca",
+    "ca-without-client-auth",
+    "unknown-client-auth",
+    "unknown-tls-version",
+    "header-not-allowed",
+    "header-value-not-allowed",
+    "not-a-mapping",
+]
+# The process test runs a representative subset (each start costs an interpreter); load() gets all.
+PROCESS_INVALID = [
+    "unknown-key",
+    "missing-cert-file",
+    "plain-password",
+    "truncated-bcrypt-hash",
+    "client-auth-without-ca",
+]
+
+
+@pytest.mark.parametrize("case", PROCESS_INVALID)
+def test_an_invalid_web_config_exits_2_with_one_line_naming_the_key(
+    tmp_path: Path, pki: Pki, simulator: Simulator, case: str
+) -> None:
+    text, names = _invalid_cases(pki)[case]
+    web = tmp_path / "web.yml"
+    web.write_text(text)
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "exporter"),
+            *("--config.file", str(_exporter_config(tmp_path, simulator))),
+            *("--web.config.file", str(web)),
+            *("--web.listen-address", f"127.0.0.1:{free_port()}"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    record_log("webconfig-invalid", result.stdout + result.stderr)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"x-usage-exporter: config error: {web}: {names}"), lines
+
+
+# -- webconfig.load() ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", INVALID)
+def test_load_names_the_bad_key(tmp_path: Path, pki: Pki, case: str) -> None:
+    text, names = _invalid_cases(pki)[case]
+    web = tmp_path / "web.yml"
+    web.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        webconfig.load(str(web))
+    assert len(raised.value.problems) == 1, raised.value.problems
+    assert raised.value.problems[0].startswith(f"{web}: {names}"), raised.value.problems
+
+
+def test_load_reports_every_problem_at_once(tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text(
+        "tls_server_config:\n  cert_file: missing.crt\n  client_auth_type: RequireAnyClientCert\n"
+        "basic_auth_users:\n  alice: hunter2\n  bob: 42\n"
+        "http_server_config:\n  http3: true\n"
+        "rate_limit: {}\n"
+    )
+    with pytest.raises(ConfigError) as raised:
+        webconfig.load(str(web))
+    keys = [problem.removeprefix(f"{web}: ").split(":")[0] for problem in raised.value.problems]
+    assert sorted(keys) == sorted(
+        [
+            "rate_limit",
+            "tls_server_config.cert_file",
+            "tls_server_config.key_file",
+            "tls_server_config.client_ca_file",
+            "basic_auth_users.alice",
+            "basic_auth_users.bob",
+            "http_server_config.http3",
+        ]
+    )
+
+
+def test_load_resolves_files_next_to_the_web_config(tmp_path: Path, pki: Pki) -> None:
+    for name in ("server.crt", "server.key"):
+        source = pki.server[0] if name.endswith(".crt") else pki.server[1]
+        (tmp_path / name).write_bytes(source.read_bytes())
+    hashed = _hash(PASSWORD)
+    web = tmp_path / "web.yml"
+    web.write_text(
+        "tls_server_config: {cert_file: server.crt, key_file: server.key, min_version: TLS13}\n"
+        f"basic_auth_users: {{{USER}: '{hashed}'}}\n"
+        "http_server_config: {headers: {X-Content-Type-Options: nosniff}, http2: false}\n"
+    )
+    config = webconfig.load(str(web))
+    assert config.tls is not None
+    assert (config.tls.cert_file, config.tls.key_file) == (
+        tmp_path / "server.crt",
+        tmp_path / "server.key",
+    )
+    assert config.tls.client_auth_type == "NoClientCert"
+    assert config.users == {USER: hashed.encode()}
+    assert config.headers == {"X-Content-Type-Options": "nosniff"}
+    context = config.ssl_context()
+    assert context is not None and context.minimum_version is ssl.TLSVersion.TLSv1_3
+
+
+def test_load_refuses_an_encrypted_key_instead_of_prompting(tmp_path: Path, pki: Pki) -> None:
+    openssl = require_tool("openssl")
+    _openssl(
+        openssl,
+        tmp_path,
+        *("pkey", "-in", str(pki.server[1]), "-aes256", "-passout", "pass:secret"),
+        *("-out", "encrypted.key"),
+    )
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config: {{cert_file: {pki.server[0]}, key_file: encrypted.key}}\n")
+    with pytest.raises(ConfigError, match=r"tls_server_config\.cert_file, key_file: "):
+        webconfig.load(str(web))
+
+
+def test_an_empty_web_config_changes_nothing(tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    web.write_text("")
+    config = webconfig.load(str(web))
+    assert (config.tls, dict(config.users), dict(config.headers)) == (None, {}, {})
+    assert config.ssl_context() is None
+
+
+# -- the guard in process -----------------------------------------------------------------------
+
+
+def _call(app: Any, authorization: str | None) -> tuple[str, dict[str, str]]:
+    seen: dict[str, Any] = {}
+
+    def start_response(status: str, headers: list[tuple[str, str]], *_: Any) -> None:
+        seen["status"], seen["headers"] = status, dict(headers)
+
+    environ = {"PATH_INFO": "/metrics", "REQUEST_METHOD": "GET"}
+    if authorization is not None:
+        environ["HTTP_AUTHORIZATION"] = authorization
+    body: Iterable[bytes] = app(environ, start_response)
+    b"".join(body)
+    return seen["status"], seen["headers"]
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _inner(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok\n"]
+
+
+def test_a_hash_bcrypt_cannot_read_refuses_the_request_instead_of_crashing() -> None:
+    # load() refuses such hashes; the guard must still never turn one into a 500 and a traceback.
+    config = webconfig.WebConfig(users={USER: b"$2b$04$" + b"x" * 53})
+    status, headers = _call(config.wrap(_inner), _basic(USER, PASSWORD))
+    assert status.startswith("401")
+    assert "WWW-Authenticate" in headers
+
+
+def test_the_guard_adds_headers_without_users_and_needs_no_password() -> None:
+    config = webconfig.WebConfig(headers={"X-Frame-Options": "sameorigin"})
+    status, headers = _call(config.wrap(_inner), None)
+    assert status == "200 OK"
+    assert headers["X-Frame-Options"] == "sameorigin"
