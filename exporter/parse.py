@@ -57,10 +57,15 @@ class Problem:
         return self.title == "UsageCapExceeded" or self.type.endswith("usage-capped")
 
 
+# Counts above this are not Posts: a guard against absurd numbers, not a business limit.
+_MAX_DIGITS = 18
+
+
 def decode_json(body: bytes) -> object:
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError: an integer beyond Python's digit limit; RecursionError: absurd nesting.
+    except (ValueError, RecursionError) as exc:
         raise ParseError(f"answer is not JSON: {exc.__class__.__name__}") from None
 
 
@@ -107,10 +112,14 @@ def parse_usage(payload: object) -> UsageReport:
     project_id = data.get("project_id")
     if project_id is not None and not isinstance(project_id, str | int):
         raise ParseError("data.project_id: expected a string")
+    cap_reset_day = _count(data.get("cap_reset_day"), "data.cap_reset_day")
+    if cap_reset_day is not None and cap_reset_day > 31:
+        # Neither reading (a day of the month, days until the reset) goes past 31.
+        raise ParseError(f"data.cap_reset_day: expected 0 to 31, got {cap_reset_day}")
     return UsageReport(
         project_id=None if project_id is None else str(project_id),
         cap=_count(data.get("project_cap"), "data.project_cap"),
-        cap_reset_day=_count(data.get("cap_reset_day"), "data.cap_reset_day"),
+        cap_reset_day=cap_reset_day,
         project_usage=project_usage,
         daily=daily,
         apps=apps,
@@ -131,8 +140,8 @@ def parse_credits(payload: object) -> Credits:
 def parse_problem(body: bytes) -> Problem:
     """Read an error body leniently: an unreadable body is an empty Problem, never an error."""
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        payload = decode_json(body)
+    except ParseError:
         return Problem()
     if not isinstance(payload, Mapping):
         return Problem()
@@ -193,11 +202,13 @@ def _count(value: object, path: str) -> int | None:
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
     elif isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
+        if len(value.strip()) > _MAX_DIGITS:
+            raise ParseError(f"{path}: expected a count, got {_preview(value)}")
         number = int(value.strip())
     else:
         raise ParseError(f"{path}: expected a count, got {_preview(value)}")
-    if number < 0:
-        raise ParseError(f"{path}: expected a count, got {number}")
+    if not 0 <= number < 10**_MAX_DIGITS:
+        raise ParseError(f"{path}: expected a count, got {_preview(number)}")
     return number
 
 
@@ -206,7 +217,7 @@ def _money(value: object, path: str) -> float:
         raise ParseError(f"{path}: expected an amount, got {_kind(value)}")
     try:
         amount = float(value) if isinstance(value, int | float | str) else float("nan")
-    except ValueError:
+    except (ValueError, OverflowError):
         amount = float("nan")
     if not math.isfinite(amount):
         raise ParseError(f"{path}: expected an amount, got {_preview(value)}")
@@ -214,6 +225,8 @@ def _money(value: object, path: str) -> float:
 
 
 def _preview(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**_MAX_DIGITS:
+        return "a number too large"
     text = json.dumps(value) if isinstance(value, str | int | float) else _kind(value)
     return text if len(text) <= 40 else text[:37] + "..."
 

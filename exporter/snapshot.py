@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
 
 from exporter import billing
@@ -16,6 +16,8 @@ from exporter.parse import Credits, UsageReport
 UNKNOWN_PROJECT_ID = "unknown"
 # Without cap_reset_day (the overview-page shape) the cycle is taken to be the calendar month.
 FALLBACK_CAP_RESET_DAY = 1
+# The API sends at most 90 days; days further back, or after today, are not real usage data.
+HISTORY_WINDOW = timedelta(days=100)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,15 +112,16 @@ def build_usage(
     reset_day = report.cap_reset_day if report.cap_reset_day is not None else FALLBACK_CAP_RESET_DAY
     cycle = billing.cycle_for(now, reset_day, means)
     today = now.date()
+    daily = {day: n for day, n in report.daily.items() if today - HISTORY_WINDOW <= day <= today}
     consumed = report.project_usage
     if consumed is None:
-        consumed = billing.sum_in_cycle(report.daily, cycle, today)
+        consumed = billing.sum_in_cycle(daily, cycle, today)
     apps = tuple(
         AppUsage(app_id, billing.sum_in_cycle(days, cycle, today), days.get(today, 0))
         for app_id, days in sorted(report.apps.items())
     )
     forecast = forecast_cycle(
-        daily=report.daily,
+        daily=daily,
         consumed=consumed,
         now=now,
         cycle_start=cycle.start,
@@ -132,12 +135,12 @@ def build_usage(
         cap=report.cap,
         cap_reset_day=report.cap_reset_day,
         consumed=consumed,
-        consumed_today=report.daily.get(today, 0),
-        daily_baseline=daily_baseline(report.daily, today),
+        consumed_today=daily.get(today, 0),
+        daily_baseline=daily_baseline(daily, today),
         forecast=forecast,
         post_read_usd=post_read_usd,
         apps=apps,
-        daily=MappingProxyType(dict(report.daily)),
+        daily=MappingProxyType(daily),
         missing=report.missing,
     )
 
