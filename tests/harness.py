@@ -17,6 +17,7 @@ from exporter.config import Config, parse_config
 from exporter.poller import Poller
 from exporter.simulator import SimProject, Simulator
 from exporter.snapshot import ConfigStatus, Store
+from tests.conftest import register_test_token
 
 NOW = datetime(2026, 11, 23, 15, 30, tzinfo=UTC)
 FAST_RETRY = RetryPolicy(base=0.01, cap=0.05)
@@ -42,6 +43,7 @@ def sim_project(project_id: str, token: str, **overrides: object) -> SimProject:
         "origin": date(2026, 9, 1),
     }
     settings.update(overrides)
+    register_test_token(token)
     return SimProject(project_id=project_id, token=token, **settings)  # type: ignore[arg-type]
 
 

@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from exporter.simulator import Fault, Simulator
-from tests.conftest import free_port
+from tests.conftest import free_port, record_log, register_test_token, suite_log_file
 from tests.harness import sim_project
 
-TOKEN = (  # shaped like a real app-only bearer token, made up
+TOKEN = register_test_token(  # shaped like a real app-only bearer token, made up
     "AAAAAAAAAAAAAAAAAAAAAMLheAAAAAAA0%2BuSeid%2BULvsea4JtiGRiSDSJSI%3D"
     "EUifiRBkKG5E2XzMDjRfl76ZC9Ub0wnz4XsNiRVBChTYbJcE3F"
 )
@@ -25,7 +25,7 @@ CMD = [sys.executable, "-m", "exporter"]
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    result = subprocess.run(
         [*CMD, *args],
         capture_output=True,
         text=True,
@@ -33,6 +33,8 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         check=False,
         env={**os.environ, **(env or {})},
     )
+    record_log("cli-run", result.stdout + result.stderr)
+    return result
 
 
 def _one_clear_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -84,16 +86,18 @@ def test_bad_flags_get_one_line_and_exit_2(args: list[str], fragment: str) -> No
     result = subprocess.run(
         [*CMD, *args], capture_output=True, text=True, timeout=60, check=False, env=env
     )
+    record_log("cli-bad-flags", result.stderr)
     assert fragment in _one_clear_line(result)
 
 
 class Exporter:
-    """The exporter as a child process, with its stderr collected in a file."""
+    """The exporter as a child process, its stderr in a file of the suite's log directory (which
+    the session's final token scan reads)."""
 
     def __init__(self, tmp: Path, *args: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / f"exporter-{self.port}.log"
+        self.log = suite_log_file(f"exporter-{self.port}")
         self._stderr = self.log.open("w")
         self.proc = subprocess.Popen(
             [*CMD, "--web.listen-address", f"127.0.0.1:{self.port}", *args],
