@@ -209,6 +209,11 @@ class ProjectPoller:
         )
 
 
+def _same_polling(old: Config, new: Config) -> bool:
+    """Whether a project's poller can stay: every global setting equal (the list may differ)."""
+    return replace(old, projects=(), source="") == replace(new, projects=(), source="")
+
+
 def _count(
     previous: Mapping[tuple[str, str], int], keys: list[tuple[str, str]]
 ) -> dict[tuple[str, str], int]:
@@ -263,7 +268,11 @@ class Poller:
         changed: set[str] = set()
         for project in config.projects:
             current = self._pollers.get(project.name)
-            if current is not None and current.config == config and current.project == project:
+            if (
+                current is not None
+                and _same_polling(current.config, config)
+                and current.project == project
+            ):
                 pollers[project.name] = current
                 continue
             # A rate-limit wait survives a reload: the token is still the same App's.

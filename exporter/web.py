@@ -155,6 +155,9 @@ def _text(
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # An idle or trickling client must not hold a thread for ever.
+    timeout = 30
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s", format % args)
 

@@ -363,3 +363,21 @@ def test_a_slow_project_never_delays_another(tmp_path: Path) -> None:
         while h.store.states["p0"].status.success is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert h.store.states["p0"].status.success is True
+
+
+def test_a_reload_that_removes_a_project_does_not_repoll_the_others(tmp_path: Path) -> None:
+    with running(_projects(), tmp_path) as h:
+        config = h.config(poll_interval="1h", credits="off")
+        h.start(config).poller.start()
+        deadline = time.monotonic() + 10
+        while not h.poller.ready and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert h.simulator.request_count() == 2
+        h.poller.reload(replace(config, projects=config.projects[:1]))
+        time.sleep(1.0)  # a re-poll would start at once
+        assert h.simulator.request_count() == 2
+        assert set(h.store.states) == {"p0"}
+        h.poller.reload(replace(config, poll_interval=1800.0, projects=config.projects[:1]))
+        while h.simulator.request_count() == 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert h.simulator.request_count() == 3  # a changed interval re-schedules, first run now
