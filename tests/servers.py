@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import free_port, require_tool
+from tests.conftest import free_port, require_tool, suite_log_file
 
 
 class Server:
@@ -46,13 +46,13 @@ class Server:
         self._log_file.close()
 
 
-def exporter(tmp: Path, *args: str) -> Server:
+def exporter(*args: str) -> Server:
     """`python -m exporter` on a free loopback port with the given flags, once it is ready."""
     port = free_port()
     server = Server(
         [sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{port}", *args],
         f"http://127.0.0.1:{port}",
-        tmp / f"exporter-{port}.log",
+        suite_log_file(f"exporter-{port}"),  # scanned for token fragments at the session's end
     )
     try:
         server.wait_ready("/-/ready")

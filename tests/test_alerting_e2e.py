@@ -125,7 +125,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Simulator, Webhook, Prometheus]]:
     )
     servers: list[Server] = []
     try:
-        target = exporter(tmp_path, "--config.file", str(config))
+        target = exporter("--config.file", str(config))
         servers.append(target)
         alertmanager = Alertmanager(tmp_path, _alertmanager_config(webhook))
         servers.append(alertmanager)

@@ -18,7 +18,7 @@ from types import ModuleType
 import pytest
 
 from exporter.simulator import Simulator
-from tests.conftest import require_tool
+from tests.conftest import register_test_token, require_tool
 from tests.harness import sim_project
 from tests.servers import Prometheus, exporter
 
@@ -41,7 +41,7 @@ def _generator() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = exporter(tmp_path_factory.mktemp("demo"), "--demo")
+    server = exporter("--demo")
     try:
         yield server.url
     finally:
@@ -56,7 +56,7 @@ def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     simulator = Simulator([sim_project("3003", "token-e2e-overview-aaaaaaaa", shape="overview")])
     simulator.start()
     (tmp / "good").write_text("token-e2e-overview-aaaaaaaa")
-    (tmp / "revoked").write_text("token-e2e-revoked-bbbbbbbbbb")
+    (tmp / "revoked").write_text(register_test_token("token-e2e-revoked-bbbbbbbbbb"))
     config = tmp / "config.yml"
     config.write_text(
         f"api_base_url: {simulator.url}\npoll_interval: 2s\n"
@@ -64,7 +64,7 @@ def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         " {name: revoked, bearer_token_file: revoked}]\n"
     )
     try:
-        server = exporter(tmp, "--config.file", str(config))
+        server = exporter("--config.file", str(config))
     except AssertionError:
         simulator.stop()
         raise
