@@ -23,7 +23,7 @@ from exporter.collector import UsageCollector
 from exporter.config import Config, ProjectConfig, TokenSource, load_config, parse_duration
 from exporter.errors import ConfigError, TokenError, UpstreamError
 from exporter.parse import UsageReport
-from exporter.poller import Poller
+from exporter.poller import Poller, utc_now
 from exporter.simulator import Simulator, demo_projects
 from exporter.snapshot import ConfigStatus, Store
 from exporter.web import App, MetricsCache, Routes, WebServer, WsgiApp, parse_listen_address
@@ -345,7 +345,7 @@ def serve(args: argparse.Namespace) -> int:
 
     store = Store(ConfigStatus(config.poll_interval, True, time.time()))
     poller = Poller(config, store)
-    registry = CollectorRegistry(auto_describe=True)
+    registry = CollectorRegistry()
     registry.register(UsageCollector(store))
     reload_lock = threading.Lock()
 
@@ -364,7 +364,7 @@ def serve(args: argparse.Namespace) -> int:
             return None
 
     routes = Routes(args.telemetry_path, lambda: poller.ready, reload)
-    app: WsgiApp = App(routes, MetricsCache(registry, store, _now), store, _now)
+    app: WsgiApp = App(routes, MetricsCache(registry, store, utc_now), store, utc_now)
     if web_config is not None:
         app = web_config.wrap(app)
     try:
@@ -402,10 +402,6 @@ def serve(args: argparse.Namespace) -> int:
     if simulator is not None:
         simulator.stop()
     return EXIT_OK
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 if __name__ == "__main__":
