@@ -22,7 +22,7 @@ class Server:
         self._log_file = log.open("w")
         self.proc = subprocess.Popen(args, stdout=self._log_file, stderr=subprocess.STDOUT)
 
-    def wait_ready(self, path: str, timeout: float = 60.0) -> None:
+    def wait_ready(self, path: str = "/-/ready", timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -35,7 +35,8 @@ class Server:
             time.sleep(0.2)
         raise AssertionError(f"not ready after {timeout}s: {self.log.read_text()[-2000:]}")
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """SIGTERM and the exit code; killed (a negative code) if it does not end in 20 s."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -44,22 +45,24 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self._log_file.close()
+        return self.proc.returncode
 
 
-def exporter(*args: str) -> Server:
-    """`python -m exporter` on a free loopback port with the given flags, once it is ready."""
-    port = free_port()
-    server = Server(
-        [sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{port}", *args],
-        f"http://127.0.0.1:{port}",
-        suite_log_file(f"exporter-{port}"),  # scanned for token fragments at the session's end
-    )
-    try:
-        server.wait_ready("/-/ready")
-    except AssertionError:
-        server.stop()
-        raise
-    return server
+class Exporter(Server):
+    """`python -m exporter` on a free loopback port; its log goes to the suite's log directory,
+    which the session's final token scan reads."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        listen = f"--web.listen-address=127.0.0.1:{self.port}"
+        super().__init__(
+            [sys.executable, "-m", "exporter", listen, *args],
+            f"http://127.0.0.1:{self.port}",
+            suite_log_file(f"exporter-{self.port}"),
+        )
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.url}/metrics", timeout=5).text
 
 
 class Prometheus(Server):

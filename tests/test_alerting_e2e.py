@@ -25,7 +25,7 @@ from exporter.config import format_duration, parse_duration
 from exporter.simulator import Simulator
 from tests.conftest import free_port
 from tests.harness import sim_project
-from tests.servers import Alertmanager, Prometheus, Server, exporter
+from tests.servers import Alertmanager, Exporter, Prometheus, Server
 
 ROOT = Path(__file__).resolve().parent.parent
 TIME_SCALE = 60
@@ -125,8 +125,9 @@ def stack(tmp_path: Path) -> Iterator[tuple[Simulator, Webhook, Prometheus]]:
     )
     servers: list[Server] = []
     try:
-        target = exporter("--config.file", str(config))
+        target = Exporter("--config.file", str(config))
         servers.append(target)
+        target.wait_ready()
         alertmanager = Alertmanager(tmp_path, _alertmanager_config(webhook))
         servers.append(alertmanager)
         rule_files = "".join(f"  - {path}\n" for path in _time_compressed_rules(tmp_path))

@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from exporter.simulator import Fault, Simulator
-from tests.conftest import free_port, record_log, register_test_token, suite_log_file
+from tests.conftest import record_log, register_test_token
 from tests.harness import sim_project
+from tests.servers import Exporter
 
 TOKEN = register_test_token(  # shaped like a real app-only bearer token, made up
     "AAAAAAAAAAAAAAAAAAAAAMLheAAAAAAA0%2BuSeid%2BULvsea4JtiGRiSDSJSI%3D"
@@ -90,43 +91,6 @@ def test_bad_flags_get_one_line_and_exit_2(args: list[str], fragment: str) -> No
     assert fragment in _one_clear_line(result)
 
 
-class Exporter:
-    """The exporter as a child process, its stderr in a file of the suite's log directory (which
-    the session's final token scan reads)."""
-
-    def __init__(self, tmp: Path, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = suite_log_file(f"exporter-{self.port}")
-        self._stderr = self.log.open("w")
-        self.proc = subprocess.Popen(
-            [*CMD, "--web.listen-address", f"127.0.0.1:{self.port}", *args],
-            stderr=self._stderr,
-            stdout=subprocess.DEVNULL,
-        )
-
-    def wait_ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.proc.poll() is None, self.log.read_text()
-            time.sleep(0.1)
-        raise AssertionError(f"not ready: {self.log.read_text()}")
-
-    def metrics(self) -> str:
-        return httpx.get(f"{self.url}/metrics", timeout=5).text
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=20)
-        self._stderr.close()
-        return code
-
-
 @pytest.fixture
 def simulator() -> Iterator[Simulator]:
     sim = Simulator([sim_project("1001", TOKEN), sim_project("2002", "other-" + TOKEN[:20])])
@@ -154,7 +118,7 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_then_applies_a_fixed_one(
     tmp_path: Path, simulator: Simulator
 ) -> None:
     config = _config(tmp_path, simulator)
-    exporter = Exporter(tmp_path, "--config.file", str(config))
+    exporter = Exporter("--config.file", str(config))
     try:
         exporter.wait_ready()
         config.write_text("projects: [{name: p0, bearer_token: inline}]\n")
@@ -175,7 +139,7 @@ def test_sigterm_in_the_middle_of_a_slow_poll_exits_cleanly(
     tmp_path: Path, simulator: Simulator
 ) -> None:
     config = _config(tmp_path, simulator)
-    exporter = Exporter(tmp_path, "--config.file", str(config))
+    exporter = Exporter("--config.file", str(config))
     exporter.wait_ready()
     simulator.set_fault(Fault.SLOW, delay=1.5)
     time.sleep(1.2)  # the next poll is now waiting on the slow answer
@@ -189,7 +153,7 @@ def test_no_fragment_of_the_token_appears_in_debug_logs_metrics_or_page(
     tmp_path: Path, simulator: Simulator
 ) -> None:
     config = _config(tmp_path, simulator)
-    exporter = Exporter(tmp_path, "--config.file", str(config), "--log.level", "debug")
+    exporter = Exporter("--config.file", str(config), "--log.level", "debug")
     try:
         exporter.wait_ready()
         for fault in (Fault.UNAUTHORIZED, Fault.SERVER_ERROR, Fault.MALFORMED, Fault.RATE_LIMIT):
@@ -214,7 +178,7 @@ def assert_no_token_fragment(texts: list[str], token: str, width: int = 8) -> No
 
 
 def test_the_demo_serves_a_project_within_seconds(tmp_path: Path) -> None:
-    exporter = Exporter(tmp_path, "--demo", "--log.format", "json")
+    exporter = Exporter("--demo", "--log.format", "json")
     try:
         started = time.monotonic()
         exporter.wait_ready()

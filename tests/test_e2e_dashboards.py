@@ -20,7 +20,7 @@ import pytest
 from exporter.simulator import Simulator
 from tests.conftest import register_test_token, require_tool
 from tests.harness import sim_project
-from tests.servers import Prometheus, exporter
+from tests.servers import Exporter, Prometheus
 
 ROOT = Path(__file__).resolve().parent.parent
 # Every project of both exporters: healthy demo projects and troubled ones.
@@ -41,8 +41,9 @@ def _generator() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = exporter("--demo")
+    server = Exporter("--demo")
     try:
+        server.wait_ready()
         yield server.url
     finally:
         server.stop()
@@ -63,12 +64,9 @@ def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "projects: [{name: overview, bearer_token_file: good},"
         " {name: revoked, bearer_token_file: revoked}]\n"
     )
+    server = Exporter("--config.file", str(config))
     try:
-        server = exporter("--config.file", str(config))
-    except AssertionError:
-        simulator.stop()
-        raise
-    try:
+        server.wait_ready()
         yield server.url
     finally:
         server.stop()

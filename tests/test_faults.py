@@ -4,7 +4,6 @@ a flapping upstream, a vanishing token file, a shrinking config, and a storm of 
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from exporter import __version__
 from exporter.simulator import Fault, SimProject, Simulator
 from tests.conftest import find_token_fragments, token_fragments
 from tests.harness import sim_project
-from tests.test_cli import Exporter
+from tests.servers import Exporter
 
 USAGE_PATH = "/2/usage/tweets"
 LAST_LINE = f'xapi_exporter_build_info{{version="{__version__}"}} 1.0\n'
@@ -92,15 +91,6 @@ def usage_requests(simulator: Simulator, project_id: str) -> int:
     return sum(1 for _, path, pid in seen if path == USAGE_PATH and pid == project_id)
 
 
-def _stop(exporter: Exporter) -> None:
-    if exporter.proc.poll() is None:
-        try:
-            exporter.stop()
-        except subprocess.TimeoutExpired:
-            exporter.proc.kill()
-            exporter.proc.wait(timeout=10)
-
-
 def _config(directory: Path, simulator: Simulator, names: dict[str, str], extra: str) -> Path:
     """A config with one project per entry of `names` (project_id to name), tokens in files."""
     entries = []
@@ -119,12 +109,12 @@ def _config(directory: Path, simulator: Simulator, names: dict[str, str], extra:
 @contextmanager
 def running_exporter(config: Path) -> Iterator[Exporter]:
     """The exporter process on `config`, ready; stopped (killed if need be) whatever happens."""
-    exporter = Exporter(config.parent, "--config.file", str(config))
+    exporter = Exporter("--config.file", str(config))
     try:
         exporter.wait_ready()
         yield exporter
     finally:
-        _stop(exporter)
+        exporter.stop()
 
 
 # -- every fault mode ---------------------------------------------------------------------------

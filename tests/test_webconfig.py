@@ -23,7 +23,7 @@ from exporter.errors import ConfigError
 from exporter.simulator import Simulator
 from tests.conftest import free_port, record_log, require_tool
 from tests.harness import sim_project
-from tests.test_cli import Exporter
+from tests.servers import Exporter
 
 TOKEN = "token-Wq7cfgZ-aaaaaaaaaaaaaaaaaaaaaa"  # no fragment of it is a word a log could hold
 USER, PASSWORD = "prometheus", "correct horse battery staple"
@@ -162,7 +162,6 @@ def _serve(
     web = directory / "web.yml"
     web.write_text(web_config)
     exporter = Exporter(
-        directory,
         *("--config.file", str(_exporter_config(directory, simulator))),
         *("--web.config.file", str(web)),
     )
@@ -171,7 +170,7 @@ def _serve(
         _wait_until(lambda: _answers(ready, served.url), exporter)
         yield served
     finally:
-        _stop(exporter)
+        exporter.stop()
 
 
 def _answers(ready: Callable[[str], None], url: str) -> bool:
@@ -190,15 +189,6 @@ def _wait_until(check: Callable[[], bool], exporter: Exporter, timeout: float = 
         assert exporter.proc.poll() is None, exporter.log.read_text()
         time.sleep(0.1)
     raise AssertionError(f"the exporter never answered: {exporter.log.read_text()}")
-
-
-def _stop(exporter: Exporter) -> None:
-    if exporter.proc.poll() is None:
-        try:
-            exporter.stop()
-        except subprocess.TimeoutExpired:
-            exporter.proc.kill()
-            exporter.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
