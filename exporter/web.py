@@ -165,6 +165,8 @@ class _QuietHandler(WSGIRequestHandler):
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 refuses connections when many scrapers arrive at once.
+    request_queue_size = 128
     ssl_context: ssl.SSLContext | None = None
 
     def handle_error(self, request: Any, client_address: Any) -> None:
