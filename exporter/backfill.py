@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from exporter import billing
 from exporter.config import CapResetDayMeans, Config
 from exporter.parse import UsageReport
-from exporter.snapshot import FALLBACK_CAP_RESET_DAY, UNKNOWN_PROJECT_ID
+from exporter.snapshot import UNKNOWN_PROJECT_ID
 
 DAY = 86400
 
@@ -29,14 +29,6 @@ def _midnight(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
-def _reset_day(report: UsageReport, config: Config, now: datetime) -> int:
-    """The day of month the cap resets on, whichever reading the config uses."""
-    raw = report.cap_reset_day or FALLBACK_CAP_RESET_DAY
-    if config.cap_reset_day_means is CapResetDayMeans.DAY_OF_MONTH:
-        return raw
-    return billing.cycle_for(now, raw, CapResetDayMeans.DAYS_REMAINING).end.day
-
-
 def project_series(
     name: str,
     report: UsageReport,
@@ -54,7 +46,7 @@ def project_series(
     if not days:
         return []
     first = days[0]
-    reset_day = _reset_day(report, config, now)
+    reset_day = billing.reset_day_of_month(report.cap_reset_day, config.cap_reset_day_means, now)
     price = config.pricing.post_read_usd
     project = {**base, "project": name, "project_id": report.project_id or UNKNOWN_PROJECT_ID}
     per_day = max(DAY // step, 1)

@@ -9,6 +9,8 @@ from datetime import UTC, date, datetime, timedelta
 
 from exporter.config import CapResetDayMeans
 
+# Without cap_reset_day (the overview-page shape) the cycle is taken to be the calendar month.
+FALLBACK_CAP_RESET_DAY = 1
 # xAI credit reward rate by cumulative spend in a billing cycle (applies to the whole amount).
 REWARD_TIERS: tuple[tuple[float, float], ...] = ((1000.0, 0.20), (500.0, 0.15), (200.0, 0.10))
 
@@ -55,6 +57,14 @@ def cycle_for(now: datetime, cap_reset_day: int, means: CapResetDayMeans) -> Cyc
         return Cycle(this_month, _reset_instant(year, month, day))
     year, month = _shift_month(now.year, now.month, -1)
     return Cycle(_reset_instant(year, month, day), this_month)
+
+
+def reset_day_of_month(cap_reset_day: int | None, means: CapResetDayMeans, now: datetime) -> int:
+    """The day of the month the cap resets on, whichever reading of cap_reset_day is in use."""
+    raw = FALLBACK_CAP_RESET_DAY if cap_reset_day is None else cap_reset_day
+    if means is CapResetDayMeans.DAY_OF_MONTH:
+        return raw
+    return cycle_for(now, raw, CapResetDayMeans.DAYS_REMAINING).end.day
 
 
 def sum_in_cycle(daily: Mapping[date, int], cycle: Cycle, until: date) -> int:

@@ -13,7 +13,7 @@ from enum import StrEnum
 from exporter import billing
 from exporter.config import CapResetDayMeans, Config, ProjectConfig
 from exporter.parse import UsageReport
-from exporter.snapshot import FALLBACK_CAP_RESET_DAY, build_usage
+from exporter.snapshot import build_usage
 
 
 class Which(StrEnum):
@@ -64,13 +64,8 @@ def project_line(
     usage = build_usage(report, now=now, means=config.cap_reset_day_means, post_read_usd=price)
     cycle = usage.cycle
     if which is Which.PREVIOUS:
-        # The previous cycle ended where this one began; for the days_remaining reading the
-        # day of month is the one the current cycle ends on.
-        day = (
-            report.cap_reset_day or FALLBACK_CAP_RESET_DAY
-            if config.cap_reset_day_means is CapResetDayMeans.DAY_OF_MONTH
-            else cycle.end.day
-        )
+        # The previous cycle ended where this one began.
+        day = billing.reset_day_of_month(report.cap_reset_day, config.cap_reset_day_means, now)
         cycle = billing.cycle_for(
             cycle.start - timedelta(microseconds=1), day, CapResetDayMeans.DAY_OF_MONTH
         )

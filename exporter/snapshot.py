@@ -14,8 +14,6 @@ from exporter.forecast import Forecast, daily_baseline, forecast_cycle
 from exporter.parse import Credits, UsageReport
 
 UNKNOWN_PROJECT_ID = "unknown"
-# Without cap_reset_day (the overview-page shape) the cycle is taken to be the calendar month.
-FALLBACK_CAP_RESET_DAY = 1
 # The API sends at most 90 days; days further back, or after today, are not real usage data.
 HISTORY_WINDOW = timedelta(days=100)
 
@@ -109,7 +107,9 @@ def build_usage(
     report: UsageReport, *, now: datetime, means: CapResetDayMeans, post_read_usd: float
 ) -> UsageSnapshot:
     """Combine one parsed answer with the cycle math and the forecast (pure)."""
-    reset_day = report.cap_reset_day if report.cap_reset_day is not None else FALLBACK_CAP_RESET_DAY
+    reset_day = (
+        billing.FALLBACK_CAP_RESET_DAY if report.cap_reset_day is None else report.cap_reset_day
+    )
     cycle = billing.cycle_for(now, reset_day, means)
     today = now.date()
     daily = {day: n for day, n in report.daily.items() if today - HISTORY_WINDOW <= day <= today}

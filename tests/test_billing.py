@@ -10,6 +10,7 @@ from exporter.billing import (
     Cycle,
     credits_depletion,
     cycle_for,
+    reset_day_of_month,
     reward_ratio,
     spend_to_next_tier,
     sum_in_cycle,
@@ -71,6 +72,14 @@ def test_both_readings_agree_when_the_published_value_fits_both() -> None:
     # On Nov 23 a reset on Dec 10 is both "day 10" and "17 days left".
     now = _utc(2026, 11, 23, 8)
     assert cycle_for(now, 10, DOM) == cycle_for(now, 17, LEFT)
+
+
+def test_the_reset_day_of_month_under_either_reading() -> None:
+    now = _utc(2026, 11, 23, 8)
+    assert reset_day_of_month(10, DOM, now) == 10
+    assert reset_day_of_month(17, LEFT, now) == 10  # Nov 23 + 17 days = Dec 10
+    assert reset_day_of_month(None, DOM, now) == 1  # unknown: the calendar month
+    assert reset_day_of_month(None, LEFT, now) == 24  # unknown read as "1 day left"
 
 
 def test_cycle_totals_count_only_the_cycle_s_days_up_to_today() -> None:
