@@ -9,15 +9,25 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import TypeVar
 
 import httpx
 
 from exporter import __version__, logs
 from exporter.config import TokenSource
 from exporter.errors import ParseError, Reason, TokenError, UpstreamError
-from exporter.parse import USAGE_FIELDS, UsageReport, decode_json, parse_problem, parse_usage
+from exporter.parse import (
+    USAGE_FIELDS,
+    Credits,
+    UsageReport,
+    decode_json,
+    parse_credits,
+    parse_problem,
+    parse_usage,
+)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 USER_AGENT = f"x-usage-exporter/{__version__}"
 _RETRYABLE = {Reason.SERVER_ERROR, Reason.TIMEOUT, Reason.NETWORK}
@@ -230,18 +240,33 @@ def usage_params(days: int) -> dict[str, str]:
     return {"days": str(days), "usage.fields": ",".join(USAGE_FIELDS)}
 
 
+def _parsed(
+    endpoint: Endpoint, payload: object, parse: Callable[[object], T], attempts: list[Attempt]
+) -> T:
+    """The parsed answer; an unparsable one is a PARSE error, counted on the attempt that got it."""
+    try:
+        return parse(payload)
+    except ParseError as exc:
+        attempts[-1] = replace(attempts[-1], reason=Reason.PARSE)
+        raise UpstreamError(Reason.PARSE, f"GET {endpoint.path}: {exc}") from None
+
+
 def fetch_usage(
     client: XApiClient, token: str, days: int, *, deadline: float, attempts: list[Attempt]
 ) -> UsageReport:
-    """GET /2/usage/tweets with every field, parsed; an unparsable answer is a PARSE error."""
+    """GET /2/usage/tweets with every field, parsed."""
     payload = client.get(
         Endpoint.USAGE, token, deadline=deadline, attempts=attempts, params=usage_params(days)
     )
-    try:
-        return parse_usage(payload)
-    except ParseError as exc:
-        attempts[-1] = replace(attempts[-1], reason=Reason.PARSE)
-        raise UpstreamError(Reason.PARSE, f"GET {Endpoint.USAGE.path}: {exc}") from None
+    return _parsed(Endpoint.USAGE, payload, parse_usage, attempts)
+
+
+def fetch_credits(
+    client: XApiClient, token: str, *, deadline: float, attempts: list[Attempt]
+) -> Credits:
+    """GET /2/usage/credits, parsed; CreditsUnavailable on a 404."""
+    payload = client.get(Endpoint.CREDITS, token, deadline=deadline, attempts=attempts)
+    return _parsed(Endpoint.CREDITS, payload, parse_credits, attempts)
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:

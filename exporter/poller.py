@@ -19,12 +19,12 @@ from exporter.client import (
     Endpoint,
     RetryPolicy,
     XApiClient,
+    fetch_credits,
     fetch_usage,
     read_token,
 )
 from exporter.config import Config, CreditsMode, ProjectConfig
-from exporter.errors import ParseError, Reason, TokenError, UpstreamError
-from exporter.parse import parse_credits
+from exporter.errors import Reason, TokenError, UpstreamError
 from exporter.snapshot import (
     ConfigStatus,
     CreditsSnapshot,
@@ -156,18 +156,12 @@ class ProjectPoller:
             return previous
         self._credits_polled_at = time.monotonic()
         try:
-            balance = parse_credits(
-                self._client.get(Endpoint.CREDITS, token, deadline=deadline, attempts=attempts)
-            )
+            balance = fetch_credits(self._client, token, deadline=deadline, attempts=attempts)
         except CreditsUnavailable:
             if self.config.credits is CreditsMode.AUTO:
                 log.info("credits endpoint not available project=%s", self.project.name)
                 self._credits_off = True
             return CreditsSnapshot(available=False)
-        except ParseError as exc:
-            attempts[-1] = replace(attempts[-1], reason=Reason.PARSE)
-            log.warning("credits unreadable project=%s err=%s", self.project.name, exc)
-            return previous
         except UpstreamError as exc:
             log.warning(
                 "credits failed project=%s reason=%s err=%s", self.project.name, exc.reason, exc
