@@ -80,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="TLS and basic auth, in the exporter-toolkit web config format",
     )
     parser.add_argument(
-        "--demo", action="store_true", help="serve a simulated X API project: no token, no network"
+        "--demo",
+        action="store_true",
+        help="serve two simulated X API projects (production heading for its cap, research over "
+        "its budget): no token, no network",
     )
     _add_log_flags(parser)
     return parser
@@ -296,7 +299,8 @@ def _demo_config(simulator: Simulator) -> Config:
         variable = f"X_USAGE_EXPORTER_DEMO_TOKEN_{index}"
         os.environ[variable] = project.token
         name = "production" if index == 0 else "research"
-        budget, limit = (12_000.0, 16_000.0) if index == 0 else (None, None)
+        # Production stays within its budget; research is already over its budget.
+        budget, limit = (20_000.0, 25_000.0) if index == 0 else (300.0, 1_000.0)
         projects.append(ProjectConfig(name, TokenSource(env=variable), budget, limit))
     return Config(
         projects=tuple(projects),

@@ -62,6 +62,7 @@ class SimProject:
         default_factory=lambda: {"prepaid_balance": 250.0, "free_balance": 25.0}
     )
     user_token: bool = False  # a user-context token: 403 unsupported-authentication
+    error_every: int = 0  # every Nth usage request answers 503 overloaded (the demo's hiccups)
     added: dict[tuple[str, date], int] = field(default_factory=dict)
 
     def day_usage(self, app_id: str, day: date, now: datetime) -> int:
@@ -188,6 +189,7 @@ class Simulator:
         self.requests: list[tuple[float, str, str]] = []  # (time, path, project_id or "?")
         self._faults: dict[str | None, FaultPlan] = {}
         self._windows: dict[tuple[str, str], _Window] = {}
+        self._usage_requests: dict[str, int] = {}  # token -> usage requests, for error_every
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -279,6 +281,11 @@ class Simulator:
             answer = self._fault_answer(plan, limit_headers)
             if answer is not None:
                 return answer
+        if project.error_every and parts.path == "/2/usage/tweets":
+            with self._lock:
+                count = self._usage_requests[token] = self._usage_requests.get(token, 0) + 1
+            if count % project.error_every == 0:
+                return _problem(503, "Service Unavailable", "about:blank", "Service is overloaded.")
         if limited:
             return _problem(
                 429, "Too Many Requests", "about:blank", "Too Many Requests", limit_headers
@@ -388,7 +395,9 @@ def _problem(
 
 
 def demo_projects(now: datetime) -> list[SimProject]:
-    """The demo: a busy production project heading for its cap, and a quiet research one."""
+    """The demo, on any date: production projected to reach its cap before the cycle ends, with
+    credits; research over its budget (cli sets the budgets), without credits (404), and a 503
+    every seventh usage request so that the error panels have data."""
     reset = (now - timedelta(days=12)).day  # twelve days into the cycle
     origin = now.date() - timedelta(days=40)
     return [
@@ -396,7 +405,7 @@ def demo_projects(now: datetime) -> list[SimProject]:
             project_id="1460987654321098752",
             token="demo-token-production",  # noqa: S106 - simulator only
             apps={"28871234": 0.55, "28875678": 0.30, "29013456": 0.15},
-            cap=3_000_000,
+            cap=2_000_000,
             cap_reset_day=min(reset, 28),
             mean_daily=72_000.0,
             growth_per_day=0.006,
@@ -414,5 +423,6 @@ def demo_projects(now: datetime) -> list[SimProject]:
             seed=11,
             origin=origin,
             credits=None,
+            error_every=7,
         ),
     ]
