@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -29,6 +30,13 @@ def _midnight(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class ProjectBackfill:
+    series: list[Series]
+    # Why the cycle totals start later than the daily series, for the operator; None if they don't.
+    note: str | None
+
+
 def project_series(
     name: str,
     report: UsageReport,
@@ -36,20 +44,26 @@ def project_series(
     now: datetime,
     step: int,
     base: Mapping[str, str],
-) -> list[Series]:
-    """Series for every complete UTC day before today whose whole cycle is in the history.
+) -> ProjectBackfill:
+    """Series for every complete UTC day before today.
 
     Within a day the day's total is spread linearly over `step`-second samples (the API gives
-    day totals only); the last sample of each day, at 23:59:59, holds the exact total.
+    day totals only); the last sample of each day, at 23:59:59, holds the exact total, whether
+    or not `step` divides a day. The per-day series cover the whole history; the cycle totals
+    start with the first cycle that began inside it (an earlier cycle's running total is unknown).
     """
     days = sorted(day for day in report.daily if day < now.date())
     if not days:
-        return []
+        return ProjectBackfill([], None)
     first = days[0]
     reset_day = billing.reset_day_of_month(report.cap_reset_day, config.cap_reset_day_means, now)
     price = config.pricing.post_read_usd
     project = {**base, "project": name, "project_id": report.project_id or UNKNOWN_PROJECT_ID}
-    per_day = max(DAY // step, 1)
+    offsets = [min(k * step, DAY) for k in range(1, math.ceil(DAY / step) + 1)]
+    cycles = {
+        day: billing.cycle_for(_midnight(day), reset_day, CapResetDayMeans.DAY_OF_MONTH)
+        for day in days
+    }
 
     def collect(
         daily: Mapping[date, int],
@@ -57,22 +71,29 @@ def project_series(
         today_samples: list[tuple[float, float]] = []
         cycle_samples: list[tuple[float, float]] = []
         for day in days:
-            cycle = billing.cycle_for(_midnight(day), reset_day, CapResetDayMeans.DAY_OF_MONTH)
-            if cycle.start.date() < first:
-                continue  # the cycle began before the history: its running total is unknown
-            before = billing.sum_in_cycle(daily, cycle, day - timedelta(days=1))
+            cycle = cycles[day]
+            known = cycle.start.date() >= first
+            before = billing.sum_in_cycle(daily, cycle, day - timedelta(days=1)) if known else 0
             total = daily.get(day, 0)
             start = _midnight(day).timestamp()
-            for k in range(1, per_day + 1):
-                at = start + min(k * step, DAY) - 1
-                value = round(total * min(k * step, DAY) / DAY)
+            for offset in offsets:
+                at = start + offset - 1
+                value = round(total * offset / DAY)
                 today_samples.append((at, value))
-                cycle_samples.append((at, before + value))
+                if known:
+                    cycle_samples.append((at, before + value))
         return today_samples, cycle_samples
 
     today, cycle_total = collect(report.daily)
-    if not today:
-        return []
+    partial = [day for day in days if cycles[day].start.date() < first]
+    note = None
+    if partial:
+        note = (
+            f"project {name}: the cycle totals (xapi_project_posts_consumed, _spend_usd, "
+            f"_cap_utilization_ratio, xapi_app_posts_consumed) leave out {partial[0]} .. "
+            f"{partial[-1]}: that cycle began on {cycles[partial[0]].start.date()}, before the "
+            f"history's first day; the per-day series include those days"
+        )
     series = [
         Series("xapi_project_posts_consumed_today", project, tuple(today)),
         Series("xapi_project_posts_consumed", project, tuple(cycle_total)),
@@ -95,7 +116,7 @@ def project_series(
         labels = {**project, "app_id": app_id}
         series.append(Series("xapi_app_posts_consumed_today", labels, tuple(app_today)))
         series.append(Series("xapi_app_posts_consumed", labels, tuple(app_cycle)))
-    return series
+    return ProjectBackfill([item for item in series if item.samples], note)
 
 
 def openmetrics(series: list[Series]) -> Iterator[str]:

@@ -105,6 +105,12 @@ def build_report_parser() -> argparse.ArgumentParser:
     _add_source_flags(parser)
     parser.add_argument("--cycle", choices=[w.value for w in report.Which], default="current")
     parser.add_argument("--format", choices=[f.value for f in report.Format], default="table")
+    parser.add_argument(
+        "--by",
+        choices=[b.value for b in report.By],
+        default="app",
+        help="break the cycle down per App (default) or per UTC day",
+    )
     return parser
 
 
@@ -120,7 +126,13 @@ def build_backfill_parser() -> argparse.ArgumentParser:
         "--step", default="1h", metavar="DURATION", help="sample spacing within a day (1h)"
     )
     parser.add_argument("--job", default="x-usage-exporter", help="job label of your scrape job")
-    parser.add_argument("--instance", default=None, help="instance label to add, if any")
+    parser.add_argument(
+        "--instance",
+        default=None,
+        metavar="HOST:PORT",
+        help="instance label of the live scrape target; without it the backfilled series lack "
+        "the label the live ones have",
+    )
     return parser
 
 
@@ -167,12 +179,16 @@ def check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+Fetched = list[tuple[ProjectConfig, UsageReport]]
+
+
 def _fetch_all(
     config: Config, progress: Callable[[int, int, str], None] | None = None
-) -> list[tuple[ProjectConfig, UsageReport]] | str:
-    """One usage answer per project, or the first failure as one line."""
+) -> tuple[Fetched, list[str]]:
+    """The usage answer of every project that answered, and one line per project that did not."""
     client = XApiClient(config.api_base_url, timeout=config.request_timeout)
-    fetched = []
+    fetched: Fetched = []
+    failures: list[str] = []
     try:
         for index, project in enumerate(config.projects):
             if progress is not None:
@@ -187,13 +203,14 @@ def _fetch_all(
                     attempts=[],
                 )
             except (UpstreamError, TokenError) as exc:
-                return f"project {project.name}: {exc}"
+                failures.append(f"project {project.name}: {exc}")
+                continue
             fetched.append((project, answer))
         if progress is not None:
             progress(len(config.projects), len(config.projects), "")
     finally:
         client.close()
-    return fetched
+    return fetched, failures
 
 
 def _one_shot_config(args: argparse.Namespace) -> tuple[Config, Simulator | None] | int:
@@ -212,33 +229,35 @@ def _one_shot_config(args: argparse.Namespace) -> tuple[Config, Simulator | None
 
 def _one_shot_fetch(
     args: argparse.Namespace, progress: Callable[[int, int, str], None] | None = None
-) -> tuple[Config, list[tuple[ProjectConfig, UsageReport]]] | int:
-    """Config and one usage answer per project for report and backfill, or their exit code."""
+) -> tuple[Config, Fetched, int] | int:
+    """Config, the answers of the projects that answered and the exit code for report and
+    backfill (1 when a project failed: its error is on stderr), or the exit code alone."""
     loaded = _one_shot_config(args)
     if isinstance(loaded, int):
         return loaded
     config, simulator = loaded
     try:
-        fetched = _fetch_all(config, progress)
+        fetched, failures = _fetch_all(config, progress)
     finally:
         if simulator is not None:
             simulator.stop()
-    if isinstance(fetched, str):
-        sys.stderr.write(f"{PROG}: error: {fetched}\n")
-        return EXIT_FAILURE
-    return config, fetched
+    for failure in failures:
+        sys.stderr.write(f"{PROG}: error: {failure}\n")
+    return config, fetched, EXIT_FAILURE if failures else EXIT_OK
 
 
 def run_report(args: argparse.Namespace) -> int:
     loaded = _one_shot_fetch(args)
     if isinstance(loaded, int):
         return loaded
-    config, fetched = loaded
+    config, fetched, code = loaded
+    if not fetched:
+        return code
     now = datetime.now(UTC)
     which = report.Which(args.cycle)
     lines = [report.project_line(p, answer, config, now, which) for p, answer in fetched]
-    sys.stdout.write(report.render(lines, report.Format(args.format)))
-    return EXIT_OK
+    sys.stdout.write(report.render(lines, report.Format(args.format), report.By(args.by)))
+    return code
 
 
 def _progress_bar(done: int, total: int, name: str) -> None:
@@ -265,14 +284,18 @@ def run_backfill(args: argparse.Namespace) -> int:
     loaded = _one_shot_fetch(args, _progress_bar)
     if isinstance(loaded, int):
         return loaded
-    config, fetched = loaded
+    config, fetched, code = loaded
+    if not fetched:
+        return code
     now = datetime.now(UTC)
     base = {"job": args.job, **({"instance": args.instance} if args.instance else {})}
-    series = [
-        item
+    built = [
+        backfill.project_series(project.name, answer, config, now, int(step), base)
         for project, answer in fetched
-        for item in backfill.project_series(project.name, answer, config, now, int(step), base)
     ]
+    for note in (item.note for item in built if item.note):
+        sys.stderr.write(f"note: {note}\n")
+    series = [item for project in built for item in project.series]
     out = Path(args.out)
     partial = out.with_name(out.name + ".partial")
     try:
@@ -284,12 +307,17 @@ def run_backfill(args: argparse.Namespace) -> int:
         partial.unlink(missing_ok=True)
         return EXIT_FAILURE
     samples = sum(len(item.samples) for item in series)
+    sys.stderr.write(f"wrote {samples} samples in {len(series)} series to {out}\n")
+    if not args.instance:
+        sys.stderr.write(
+            "note: no --instance: the series carry no instance label, unlike the live scrape's; "
+            "pass the one Prometheus gives this exporter's target to join them\n"
+        )
     sys.stderr.write(
-        f"wrote {samples} samples in {len(series)} series to {out}\n"
         f"next: promtool tsdb create-blocks-from openmetrics --max-block-duration=720h {out} "
         "<prometheus data dir>\n"
     )
-    return EXIT_OK
+    return code
 
 
 def _demo_config(simulator: Simulator) -> Config:

@@ -1,4 +1,5 @@
-"""The `report` command's content: one billing cycle per project and App, as table, CSV or JSON."""
+"""The `report` command's content: one billing cycle per project, by App or by day, as table,
+CSV or JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 
 from exporter import billing
@@ -27,11 +28,26 @@ class Format(StrEnum):
     JSON = "json"
 
 
+class By(StrEnum):
+    """The breakdown under each project's totals."""
+
+    APP = "app"
+    DAY = "day"
+
+
 @dataclass(frozen=True, slots=True)
 class AppLine:
     app_id: str
     posts: int
     share: float
+    spend_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class DayLine:
+    day: date
+    posts: int
+    share: float  # of the cycle's days listed
     spend_usd: float
 
 
@@ -50,6 +66,7 @@ class ProjectLine:
     budget_usd: float | None
     spending_limit_usd: float | None
     apps: tuple[AppLine, ...]
+    days: tuple[DayLine, ...]  # the cycle's UTC days in the history, oldest first
 
     @property
     def utilization(self) -> float | None:
@@ -89,6 +106,14 @@ def project_line(
         AppLine(app_id, count, count / total_app_posts, billing.spend_usd(count, price))
         for app_id, count in sorted(app_posts.items(), key=lambda item: (-item[1], item[0]))
     )
+    day_posts = {
+        day: count for day, count in report.daily.items() if cycle.start.date() <= day <= last_day
+    }
+    total_day_posts = sum(day_posts.values()) or 1
+    days = tuple(
+        DayLine(day, count, count / total_day_posts, billing.spend_usd(count, price))
+        for day, count in sorted(day_posts.items())
+    )
     return ProjectLine(
         project=project.name,
         project_id=usage.project_id,
@@ -103,22 +128,35 @@ def project_line(
         budget_usd=project.budget_usd,
         spending_limit_usd=project.spending_limit_usd,
         apps=apps,
+        days=days,
     )
 
 
-def render(lines: Sequence[ProjectLine], fmt: Format) -> str:
+def render(lines: Sequence[ProjectLine], fmt: Format, by: By = By.APP) -> str:
     if fmt is Format.JSON:
-        return json.dumps([_as_dict(line) for line in lines], indent=2) + "\n"
+        return json.dumps([_as_dict(line, by) for line in lines], indent=2) + "\n"
     if fmt is Format.CSV:
-        return _csv(lines)
-    return _table(lines)
+        return _csv(lines, by)
+    return _table(lines, by)
+
+
+def _breakdown(line: ProjectLine, by: By) -> list[tuple[str, int, float, float]]:
+    """(App id or date, Posts, share, spend) rows under a project's totals."""
+    if by is By.DAY:
+        return [(d.day.isoformat(), d.posts, d.share, d.spend_usd) for d in line.days]
+    return [(a.app_id, a.posts, a.share, a.spend_usd) for a in line.apps]
 
 
 def _day(value: datetime) -> str:
     return value.date().isoformat()
 
 
-def _as_dict(line: ProjectLine) -> dict[str, object]:
+def _as_dict(line: ProjectLine, by: By) -> dict[str, object]:
+    key, name = ("days", "date") if by is By.DAY else ("apps", "app_id")
+    breakdown = [
+        {name: row, "posts": posts, "share": round(share, 6), "spend_usd": round(spend, 4)}
+        for row, posts, share, spend in _breakdown(line, by)
+    ]
     return {
         "project": line.project,
         "project_id": line.project_id,
@@ -134,22 +172,13 @@ def _as_dict(line: ProjectLine) -> dict[str, object]:
         "days_left": round(line.days_left, 2),
         "budget_usd": line.budget_usd,
         "spending_limit_usd": line.spending_limit_usd,
-        "apps": [
-            {
-                "app_id": app.app_id,
-                "posts": app.posts,
-                "share": round(app.share, 6),
-                "spend_usd": round(app.spend_usd, 4),
-            }
-            for app in line.apps
-        ],
+        key: breakdown,
     }
 
 
 _CSV_COLUMNS = (
     "project",
     "project_id",
-    "app_id",
     "cycle_start",
     "cycle_end",
     "posts",
@@ -162,11 +191,12 @@ _CSV_COLUMNS = (
 )
 
 
-def _csv(lines: Sequence[ProjectLine]) -> str:
-    """One row per project (app_id empty) followed by one row per App."""
+def _csv(lines: Sequence[ProjectLine], by: By) -> str:
+    """One row per project (app_id or date empty) followed by one row per App or day."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(_CSV_COLUMNS)
+    key = "date" if by is By.DAY else "app_id"
+    writer.writerow([*_CSV_COLUMNS[:2], key, *_CSV_COLUMNS[2:]])
     for line in lines:
         common = [line.project, line.project_id]
         cycle = [_day(line.cycle.start), _day(line.cycle.end)]
@@ -184,15 +214,15 @@ def _csv(lines: Sequence[ProjectLine]) -> str:
                 f"{line.days_left:.2f}",
             ]
         )
-        for app in line.apps:
+        for name, posts, share, spend in _breakdown(line, by):
             writer.writerow(
                 [
                     *common,
-                    app.app_id,
+                    name,
                     *cycle,
-                    app.posts,
-                    f"{app.share:.6f}",
-                    f"{app.spend_usd:.4f}",
+                    posts,
+                    f"{share:.6f}",
+                    f"{spend:.4f}",
                     "",
                     "",
                     "",
@@ -202,7 +232,7 @@ def _csv(lines: Sequence[ProjectLine]) -> str:
     return out.getvalue()
 
 
-def _table(lines: Sequence[ProjectLine]) -> str:
+def _table(lines: Sequence[ProjectLine], by: By) -> str:
     blocks = []
     for line in lines:
         cap = f"{line.cap:,}" if line.cap is not None else "unknown"
@@ -217,9 +247,10 @@ def _table(lines: Sequence[ProjectLine]) -> str:
             f"  projection   {line.projected_posts:,.0f} Posts, ${line.projected_spend_usd:,.2f}"
             + f", {line.days_left:.1f} days left",
         ]
-        rows = [("App", "Posts", "Share", "Spend")] + [
-            (app.app_id, f"{app.posts:,}", f"{app.share:.1%}", f"${app.spend_usd:,.2f}")
-            for app in line.apps
+        breakdown = _breakdown(line, by)
+        rows = [("Day (UTC)" if by is By.DAY else "App", "Posts", "Share", "Spend")] + [
+            (name, f"{posts:,}", f"{share:.1%}", f"${spend:,.2f}")
+            for name, posts, share, spend in breakdown
         ]
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         table = [
@@ -230,7 +261,7 @@ def _table(lines: Sequence[ProjectLine]) -> str:
             ).rstrip()
             for row in rows
         ]
-        blocks.append("\n".join(head + (["", *table] if line.apps else [])))
+        blocks.append("\n".join(head + (["", *table] if breakdown else [])))
     return "\n\n".join(blocks) + "\n"
 
 

@@ -189,3 +189,129 @@ def test_backfill_refuses_a_bad_step(
     assert main([*args, "--step", "10s"]) == 2
     assert main([*args, "--step", "soon"]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_a_report_prints_every_project_that_answered_and_one_line_per_failure(
+    setup: tuple[Simulator, Path, datetime],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    simulator, config, now = setup
+    monkeypatch.setenv("NOPE", "token-report-unknown-ccccccccc")
+    (tmp_path / "revoked").write_text("token-report-revoked-bbbbbbbbbb")
+    config.write_text(
+        config.read_text().replace(
+            "projects: [{name: prod, bearer_token_file: token, budget_usd: 900}]",
+            "projects: [{name: gone, bearer_token_file: revoked},"
+            " {name: prod, bearer_token_file: token}, {name: also-gone, bearer_token_env: NOPE}]",
+        )
+    )
+    assert main(["report", "--config.file", str(config), "--format", "json"]) == 1
+    captured = capsys.readouterr()
+    (line,) = json.loads(captured.out)
+    assert line["project"] == "prod"
+    assert line["posts"] == simulator.project("1001").consumed(now)
+    assert captured.err.splitlines() == [
+        "x-usage-exporter: error: project gone: GET /2/usage/tweets: 401 Unauthorized: "
+        "Unauthorized",
+        "x-usage-exporter: error: project also-gone: GET /2/usage/tweets: 401 Unauthorized: "
+        "Unauthorized",
+    ]
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_a_report_by_day_lists_the_cycle_s_days(
+    setup: tuple[Simulator, Path, datetime], capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    simulator, config, now = setup
+    sim = simulator.project("1001")
+    start = _cycle_start(now, sim.cap_reset_day)
+    expected = {
+        day.isoformat(): count
+        for day, count in (
+            (day, sum(sim.day_usage(app, day, now) for app in sim.apps))
+            for day in (start + timedelta(days=n) for n in range((now.date() - start).days + 1))
+        )
+    }
+    assert main(["report", "--config.file", str(config), "--by", "day", "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    if fmt == "json":
+        (line,) = json.loads(out)
+        got = {day["date"]: day["posts"] for day in line["days"]}
+        assert "apps" not in line
+    elif fmt == "csv":
+        _, *rows = csv.DictReader(io.StringIO(out))
+        got = {row["date"]: int(row["posts"]) for row in rows}
+    else:
+        assert "Day (UTC)" in out
+        got = {
+            parts[0]: int(parts[1].replace(",", ""))
+            for parts in (row.split() for row in out.splitlines())
+            if parts and parts[0][:2] == "20" and len(parts[0]) == 10
+        }
+    assert got == expected
+    assert sum(got.values()) == sim.consumed(now)
+
+
+def _samples(text: str, metric: str) -> list[tuple[float, float]]:
+    return [
+        (float(parts[-1]), float(parts[-2]))
+        for parts in (row.split() for row in text.splitlines() if row.startswith(metric + "{"))
+    ]
+
+
+def test_backfill_with_a_step_that_does_not_divide_a_day_ends_each_day_at_its_total(
+    setup: tuple[Simulator, Path, datetime], tmp_path: Path
+) -> None:
+    simulator, config, now = setup
+    out = tmp_path / "history.om"
+    args = ["backfill", "--config.file", str(config), "--out", str(out), "--step", "7h"]
+    assert main(args) == 0
+    samples = _samples(out.read_text(), "xapi_project_posts_consumed_today")
+    last_of_day: dict[date, float] = {}
+    for at, value in samples:
+        last_of_day[datetime.fromtimestamp(at, UTC).date()] = value
+        assert datetime.fromtimestamp(at, UTC).hour in {6, 13, 20, 23}
+    sim = simulator.project("1001")
+    yesterday = now.date() - timedelta(days=1)
+    for day in (yesterday, yesterday - timedelta(days=40)):
+        assert last_of_day[day] == sum(sim.day_usage(app, day, now) for app in sim.apps)
+    last = [at for at, _ in samples if datetime.fromtimestamp(at, UTC).date() == yesterday][-1]
+    assert datetime.fromtimestamp(last, UTC).time().isoformat() == "23:59:59"
+
+
+def test_backfill_writes_the_days_of_the_partial_first_cycle_and_says_what_it_leaves_out(
+    setup: tuple[Simulator, Path, datetime], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, config, now = setup
+    out = tmp_path / "history.om"
+    assert main(["backfill", "--config.file", str(config), "--out", str(out)]) == 0
+    text = out.read_text()
+    first = now.date() - timedelta(days=89)
+    days = {
+        datetime.fromtimestamp(at, UTC).date()
+        for at, _ in _samples(text, "xapi_project_posts_consumed_today")
+    }
+    assert min(days) == first and len(days) == 89  # every complete day of the 90 the API sent
+    cycle_days = {
+        datetime.fromtimestamp(at, UTC).date()
+        for at, _ in _samples(text, "xapi_project_posts_consumed")
+    }
+    assert first not in cycle_days
+    err = capsys.readouterr().err
+    assert "note: project prod: the cycle totals (xapi_project_posts_consumed, " in err
+    assert f"leave out {first} .. {min(cycle_days) - timedelta(days=1)}" in err
+    assert "no --instance: the series carry no instance label" in err
+
+
+def test_backfill_with_an_instance_labels_every_series(
+    setup: tuple[Simulator, Path, datetime], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, config, _ = setup
+    out = tmp_path / "history.om"
+    args = ["backfill", "--config.file", str(config), "--out", str(out)]
+    assert main([*args, "--instance", "exporter:9879"]) == 0
+    rows = [row for row in out.read_text().splitlines() if row.startswith("xapi_")]
+    assert rows and all('instance="exporter:9879"' in row for row in rows)
+    assert "no --instance" not in capsys.readouterr().err
