@@ -334,6 +334,7 @@ def _demo_config(simulator: Simulator) -> Config:
         projects=tuple(projects),
         api_base_url=simulator.url,
         poll_interval=DEMO_POLL_INTERVAL,
+        request_timeout=DEMO_POLL_INTERVAL / 6,
         source="--demo",
     )
 
@@ -393,6 +394,8 @@ def serve(args: argparse.Namespace) -> int:
                 return "; ".join(exc.problems)
             poller.reload(new)
             log.info("config reloaded source=%s projects=%d", new.source, len(new.projects))
+            for warning in new.warnings():
+                log.warning("config warning: %s", warning)
             return None
 
     routes = Routes(args.telemetry_path, lambda: poller.ready, reload)

@@ -20,6 +20,10 @@ DEFAULT_PROJECT_NAME = "default"
 TOKEN_ENV_VAR = "X_BEARER_TOKEN"  # noqa: S105 - a variable name, not a token
 # 50 requests per 15 minutes per App: one poll every 18 s uses the whole budget.
 RATE_LIMIT_MIN_INTERVAL = 15 * 60 / 50
+# A poll may send up to four requests (retries) before its deadline, just under poll_interval.
+POLL_REQUESTS_PER_INTERVAL = 4
+# The longest billing cycle (31 days, today included): less history misses the cycle's first days.
+LONGEST_CYCLE_DAYS = 31
 
 E = TypeVar("E", bound="StrEnum")
 
@@ -90,6 +94,29 @@ class Config:
                 f"X API's 50 requests per 15 minutes allow (at least "
                 f"{format_duration(RATE_LIMIT_MIN_INTERVAL)}); fine for a simulator only"
             )
+        if self.request_timeout * POLL_REQUESTS_PER_INTERVAL > self.poll_interval:
+            found.append(
+                f"request_timeout: {format_duration(self.request_timeout)} is not well below "
+                f"poll_interval ({format_duration(self.poll_interval)}): a poll that retries "
+                f"sends up to {POLL_REQUESTS_PER_INTERVAL} requests and must end within "
+                f"poll_interval; keep request_timeout at most "
+                f"{format_duration(self.poll_interval / POLL_REQUESTS_PER_INTERVAL)}"
+            )
+        if self.history_days < LONGEST_CYCLE_DAYS:
+            found.append(
+                f"history_days: {self.history_days} days cannot hold a whole billing cycle (up "
+                f"to {LONGEST_CYCLE_DAYS} days): per-App consumption (xapi_app_posts_consumed) "
+                f"and, in the overview answer shape, the project's consumption would miss the "
+                f"cycle's first days; use at least {LONGEST_CYCLE_DAYS}"
+            )
+        for index, project in enumerate(self.projects):
+            budget, limit = project.budget_usd, project.spending_limit_usd
+            if budget is not None and limit is not None and limit < budget:
+                found.append(
+                    f"projects[{index}].spending_limit_usd: {limit:g} is below budget_usd "
+                    f"{budget:g} ({project.name}): the X API blocks every request at the spending "
+                    f"limit, so the budget can never be reached"
+                )
         return found
 
 
@@ -147,7 +174,9 @@ class _Checker:
         try:
             seconds = parse_duration(value)
         except ValueError as exc:
-            self.fail(path, str(exc))
+            unsigned = value.removeprefix("-")
+            negative = unsigned != value and unsigned and _DURATION_RE.match(unsigned)
+            self.fail(path, "must be greater than 0" if negative else str(exc))
             return default
         if seconds <= 0:
             self.fail(path, "must be greater than 0")
@@ -211,10 +240,17 @@ def parse_config(
     data: object, *, source: str, base_dir: Path, environ: Mapping[str, str]
 ) -> Config:
     """Validate a parsed YAML document; raise ConfigError listing every problem."""
-    check = _Checker()
-    top = check.mapping(data, "", _TOP_KEYS) if data is not None else {}
     if data is None:
-        check.fail("projects", "the file is empty; at least one project is needed")
+        raise ConfigError(["the file is empty: it needs at least a projects list"])
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            [
+                f"the top level must be a mapping of settings (projects, poll_interval, ...), "
+                f"got {_type_name(data)}"
+            ]
+        )
+    check = _Checker()
+    top = check.mapping(data, "", _TOP_KEYS)
 
     api_base_url = top.get("api_base_url", DEFAULT_API_BASE_URL)
     if not isinstance(api_base_url, str) or not re.match(r"^https?://[^/\s]+", api_base_url):
@@ -283,21 +319,23 @@ def _parse_projects(
     for index, item in enumerate(raw):
         path = f"projects[{index}]"
         entry = check.mapping(item, path, _PROJECT_KEYS)
-        if not entry:
+        if not isinstance(item, Mapping):
             continue
+        # A bad name is one problem among the project's others: report them all.
         name = entry.get("name")
         if not isinstance(name, str) or not name.strip():
             check.fail(f"{path}.name", "must be a non-empty string")
-            continue
-        if name in seen:
+            name = None
+        elif name in seen:
             check.fail(f"{path}.name", f"duplicate project name {name!r}")
-        seen.add(name)
+        else:
+            seen.add(name)
         token = _token_source(check, entry, path, base_dir, environ)
         budget = check.number(entry.get("budget_usd"), f"{path}.budget_usd", positive=True)
         limit = check.number(
             entry.get("spending_limit_usd"), f"{path}.spending_limit_usd", positive=True
         )
-        if token is not None:
+        if token is not None and name is not None:
             projects.append(ProjectConfig(name, token, budget, limit))
     return projects
 

@@ -121,8 +121,6 @@ projects:
     ("text", "fragment"),
     [
         ("projects: []", "projects: must be a non-empty list"),
-        ("", "projects: the file is empty"),
-        ("- 1\n- 2", ": must be a mapping, got list"),
         ("projects: [{name: p, bearer_token_file: token, budget_usd: yes}]", "must be a number"),
         ("projects: [{name: p, bearer_token_file: token}]\nhistory_days: 2.5", "whole number"),
         ("projects: [{name: p, bearer_token_file: token}]\napi_base_url: ftp://x", "http(s) URL"),
@@ -161,7 +159,10 @@ def test_x_bearer_token_alone_monitors_one_project() -> None:
 
 
 def test_an_interval_under_the_rate_limit_is_allowed_but_warned_about(tmp_path: Path) -> None:
-    path = _write(tmp_path, "poll_interval: 10s\nprojects: [{name: p, bearer_token_file: token}]")
+    path = _write(
+        tmp_path,
+        "poll_interval: 10s\nrequest_timeout: 2s\nprojects: [{name: p, bearer_token_file: token}]",
+    )
     config = load_config(path, {})
     assert config.poll_interval == 10
     (warning,) = config.warnings()
@@ -190,3 +191,125 @@ def test_durations_format_back_to_short_text() -> None:
         "1h",
         "1h30m",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "the file is empty: it needs at least a projects list"),
+        ("# only a comment\n", "the file is empty: it needs at least a projects list"),
+        (
+            "- 1\n- 2",
+            "the top level must be a mapping of settings (projects, poll_interval, ...), got list",
+        ),
+        (
+            "just text",
+            "the top level must be a mapping of settings (projects, poll_interval, ...), got str",
+        ),
+    ],
+)
+def test_an_empty_file_or_a_top_level_non_mapping_is_one_clear_line(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = tmp_path / "config.yml"
+    assert _problems(tmp_path, text) == [f"{path}: {problem}"]
+
+
+def test_an_invalid_name_does_not_hide_the_project_s_other_problems(tmp_path: Path) -> None:
+    problems = _problems(
+        tmp_path,
+        "projects: [{name: [x], bearer_token_file: missing, budget_usd: -1, spending_limit: 5}]",
+    )
+    path = tmp_path / "config.yml"
+    assert sorted(problems) == sorted(
+        [
+            f"{path}: projects[0].spending_limit: unknown key",
+            f"{path}: projects[0].name: must be a non-empty string",
+            f"{path}: projects[0].bearer_token_file: no such file: {tmp_path / 'missing'}",
+            f"{path}: projects[0].budget_usd: must be greater than 0",
+        ]
+    )
+
+
+def test_an_empty_project_is_refused_naming_its_index(tmp_path: Path) -> None:
+    problems = _problems(tmp_path, "projects: [{}]")
+    path = tmp_path / "config.yml"
+    assert problems == [
+        f"{path}: projects[0].name: must be a non-empty string",
+        f"{path}: projects[0]: needs exactly one of bearer_token_file or bearer_token_env",
+    ]
+
+
+def test_check_config_exits_2_on_an_empty_project(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from exporter.cli import main
+
+    assert main(["check-config", "--config.file", _write(tmp_path, "projects: [{}]")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "projects[0]" in captured.err and ": ok," not in captured.err
+
+
+@pytest.mark.parametrize("key", ["poll_interval", "request_timeout"])
+def test_a_negative_duration_must_be_greater_than_zero(tmp_path: Path, key: str) -> None:
+    problems = _problems(tmp_path, f"{key}: -5m\nprojects: [{{name: p, bearer_token_file: token}}]")
+    assert problems == [f"{tmp_path / 'config.yml'}: {key}: must be greater than 0"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "warning"),
+    [
+        (
+            "projects: [{name: p, bearer_token_file: token, budget_usd: 500,"
+            " spending_limit_usd: 400}]",
+            "projects[0].spending_limit_usd: 400 is below budget_usd 500 (p): the X API blocks",
+        ),
+        (
+            "poll_interval: 1m\nrequest_timeout: 20s\n"
+            "projects: [{name: p, bearer_token_file: token}]",
+            "request_timeout: 20s is not well below poll_interval (1m)",
+        ),
+        (
+            "history_days: 30\nprojects: [{name: p, bearer_token_file: token}]",
+            "history_days: 30 days cannot hold a whole billing cycle (up to 31 days): per-App",
+        ),
+    ],
+)
+def test_risky_settings_are_warned_about_by_check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], settings: str, warning: str
+) -> None:
+    from exporter.cli import main
+
+    path = _write(tmp_path, settings)
+    (found,) = load_config(path, {}).warnings()
+    assert found.startswith(warning), found
+    assert main(["check-config", "--config.file", path]) == 0
+    assert capsys.readouterr().err == f"x-usage-exporter: warning: {found}\n"
+
+
+def test_settings_just_inside_the_warnings_are_quiet(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "poll_interval: 1m\nrequest_timeout: 15s\nhistory_days: 31\n"
+        "projects: [{name: p, bearer_token_file: token, budget_usd: 400,"
+        " spending_limit_usd: 400}]",
+    )
+    assert load_config(path, {}).warnings() == []
+
+
+def test_the_exporter_logs_the_warnings_at_start(tmp_path: Path) -> None:
+    from tests.servers import Exporter
+
+    path = _write(
+        tmp_path,
+        "api_base_url: http://127.0.0.1:9\nhistory_days: 7\n"
+        "projects: [{name: p, bearer_token_file: token}]",
+    )
+    exporter = Exporter("--config.file", path)
+    try:
+        exporter.wait_ready("/-/healthy")
+        log = exporter.log.read_text()
+    finally:
+        exporter.stop()
+    assert "history_days: 7 days cannot hold a whole billing cycle" in log
