@@ -62,8 +62,7 @@ def test_check_config_names_each_bad_key_and_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [
-        f"x-usage-exporter: config error: {config}: poll_interval: '-5m' is not a duration "
-        "such as 30s, 5m or 1h",
+        f"x-usage-exporter: config error: {config}: poll_interval: must be greater than 0",
         f"x-usage-exporter: config error: {config}: projects[0].bearer_token_file: no such file: "
         f"{tmp_path / 'nope'}",
     ]
