@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from html import escape
@@ -166,33 +167,128 @@ def _spend_bar(state: ProjectState, usage: UsageSnapshot) -> str:
     return _bar(title, usage.spend, usage.projected_spend, ceiling, marks)
 
 
+# The daily chart's geometry, in SVG user units: plot area from (_LEFT, _TOP) to (_RIGHT, _BASE).
+_WIDTH, _HEIGHT = 600.0, 196.0
+_LEFT, _RIGHT, _TOP, _BASE = 46.0, 592.0, 10.0, 150.0
+_ACTUAL, _FORECAST = "#1d6fd6", "#c25e00"
+
+
+def _nice_ceiling(value: float) -> float:
+    """The smallest round number (1, 1.2, 1.5, 2, ... 8 x 10^k) at or above `value`, for the top
+    of the scale: the bars fill most of the height and the middle tick is round too."""
+    magnitude = 10 ** math.floor(math.log10(value)) if value > 0 else 1.0
+    steps = (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10)
+    return next(m * magnitude for m in steps if m * magnitude >= value)
+
+
+def _short(posts: float) -> str:
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if posts >= size:
+            return f"{posts / size:.3g}{unit}"
+    return f"{posts:.0f}"
+
+
+def _daily_forecast(usage: UsageSnapshot, now: datetime) -> tuple[float, float, float] | None:
+    """Expected Posts per day for the rest of the cycle, with its ~80% band (lower, mean, upper).
+
+    The snapshot's forecast gives totals at cycle end; spread over the time left they are the
+    average daily rate the projection expects (the day-by-day shape stays inside forecast.py)."""
+    days_left = (usage.cycle.end - now).total_seconds() / 86400
+    if days_left <= 0:
+        return None
+
+    def per_day(total: float) -> float:
+        return max(total - usage.consumed, 0.0) / days_left
+
+    forecast = usage.forecast
+    return per_day(forecast.lower), per_day(forecast.projected), per_day(forecast.upper)
+
+
 def _history(usage: UsageSnapshot, now: datetime) -> str:
-    """Daily Posts of the cycle so far, as bars (today partial, lighter) on the whole cycle's
-    width, so that the days left show as room."""
-    days: list[date] = []
-    day = usage.cycle.start.date()
-    while day <= min(now.date(), usage.cycle.end.date() - timedelta(days=1)):
-        days.append(day)
-        day += timedelta(days=1)
-    if not days:
-        return ""
-    peak = max((usage.daily.get(d, 0) for d in days), default=0) or 1
-    slot = 300 / max((usage.cycle.end - usage.cycle.start).days, 1)
-    bars = []
-    for index, day in enumerate(days):
+    """Daily Posts over the whole cycle: actual days as bars (today partial, lighter), the days
+    left as the forecast (dashed, with its 80% band), a Posts/day scale and a date axis."""
+    first, end = usage.cycle.start.date(), usage.cycle.end.date()
+    today = now.date()
+    length = max((end - first).days, 1)
+    actual = [first + timedelta(days=n) for n in range(min((today - first).days + 1, length))]
+    future = [d for d in (first + timedelta(days=n) for n in range(length)) if d > today]
+    rate = _daily_forecast(usage, now) if future else None
+    peak = max((usage.daily.get(d, 0) for d in actual), default=0)
+    top = _nice_ceiling(max(peak, rate[2] if rate else 0.0, 1.0))
+    slot = (_RIGHT - _LEFT) / length
+
+    def x(day: date) -> float:
+        return _LEFT + (day - first).days * slot
+
+    def y(posts: float) -> float:
+        return round(_BASE - posts / top * (_BASE - _TOP), 1)
+
+    parts = []
+    for tick in (0.0, top / 2, top):
+        parts.append(
+            f'<line x1="{_LEFT}" x2="{_RIGHT}" y1="{y(tick)}" y2="{y(tick)}" stroke="#e1e5eb"/>'
+            f'<text x="{_LEFT - 4}" y="{y(tick) + 4}" text-anchor="end">{_short(tick)}</text>'
+        )
+    for day in actual:
         count = usage.daily.get(day, 0)
-        height = round(count / peak * 60, 1)
-        opacity = ".45" if day == now.date() else "1"
-        bars.append(
-            f'<rect x="{index * slot + 0.5:.1f}" y="{70 - height}" width="{max(slot - 1, 1):.1f}" '
-            f'height="{height}" fill="#1d6fd6" opacity="{opacity}"><title>{day:%b %d}: '
-            f"{count:,} Posts</title></rect>"
+        partial = " (so far)" if day == today else ""
+        parts.append(
+            f'<rect x="{x(day) + 0.5:.1f}" y="{y(count)}" width="{max(slot - 1, 1):.1f}" '
+            f'height="{round(_BASE - y(count), 1)}" fill="{_ACTUAL}" '
+            f'opacity="{".45" if day == today else "1"}"><title>{day:%b %d}: {count:,} '
+            f"Posts{partial}</title></rect>"
+        )
+    if rate is not None:
+        lower, mean, upper = rate
+        left, right = x(future[0]), _RIGHT
+        parts.append(
+            f'<rect x="{left:.1f}" y="{y(upper)}" width="{right - left:.1f}" '
+            f'height="{round(y(lower) - y(upper), 1)}" fill="{_FORECAST}" opacity=".15">'
+            f"<title>80% band: {lower:,.0f} to {upper:,.0f} Posts/day</title></rect>"
+        )
+        for day in future:
+            parts.append(
+                f'<rect x="{x(day) + 1:.1f}" y="{y(mean)}" width="{max(slot - 2, 1):.1f}" '
+                f'height="{round(_BASE - y(mean), 1)}" fill="none" stroke="{_FORECAST}" '
+                f'stroke-dasharray="3 2"><title>{day:%b %d}: expected {mean:,.0f} Posts '
+                f"(80% band {lower:,.0f} to {upper:,.0f})</title></rect>"
+            )
+    parts.append(f'<line x1="{_LEFT}" x2="{_RIGHT}" y1="{_BASE}" y2="{_BASE}" stroke="#5b6575"/>')
+    parts.extend(_date_axis(first, today, end, x(today) + slot / 2))
+    legend = (
+        f'<rect x="{_LEFT}" y="{_HEIGHT - 12}" width="10" height="9" fill="{_ACTUAL}"/>'
+        f'<text x="{_LEFT + 14}" y="{_HEIGHT - 4}">actual</text>'
+    )
+    if rate is not None:
+        legend += (
+            f'<rect x="{_LEFT + 70}" y="{_HEIGHT - 12}" width="10" height="9" fill="none" '
+            f'stroke="{_FORECAST}" stroke-dasharray="3 2"/>'
+            f'<text x="{_LEFT + 84}" y="{_HEIGHT - 4}">forecast {_short(rate[1])}/day, '
+            f"shaded: 80% band {_short(rate[0])} to {_short(rate[2])}</text>"
         )
     return (
         f'<div class="k">Daily Posts this cycle (peak {peak:,})</div>'
-        f'<svg viewBox="0 0 300 72" role="img" aria-label="daily Posts">'
-        f'<rect x="0" y="70" width="300" height="2" fill="#e7ebf0"/>{"".join(bars)}</svg>'
+        f'<svg viewBox="0 0 {_WIDTH:.0f} {_HEIGHT:.0f}" role="img" font-size="10" '
+        f'fill="#1d2330" aria-label="daily Posts this cycle, with the forecast">'
+        f"{''.join(parts)}{legend}</svg>"
     )
+
+
+def _date_axis(first: date, today: date, end: date, today_x: float) -> list[str]:
+    """Ticks and labels for the cycle's first day, today and the reset day; today's label drops
+    a line when it would run into the others."""
+    row, low = _BASE + 14, _BASE + 27
+    today_row = row if _LEFT + 70 < today_x < _RIGHT - 110 else low
+    labels = [
+        (_LEFT, row, "start", f"{first:%b %d}"),
+        (today_x, today_row, "middle", f"today {today:%b %d}"),
+        (_RIGHT, row, "end", f"{end:%b %d} reset"),
+    ]
+    return [
+        f'<line x1="{at:.1f}" x2="{at:.1f}" y1="{_BASE}" y2="{_BASE + 4}" stroke="#5b6575"/>'
+        f'<text x="{at:.1f}" y="{height}" text-anchor="{anchor}">{text}</text>'
+        for at, height, anchor, text in labels
+    ]
 
 
 def _apps(usage: UsageSnapshot) -> str:

@@ -162,7 +162,19 @@ def test_the_landing_page_renders_in_chromium(demo: str, tmp_path: Path) -> None
     dom = _chromium("--dump-dom", f"{demo}/")
     assert dom.returncode == 0, dom.stderr[-2000:]
     page = dom.stdout
-    for text in ("production", "research", "of cap", "Spend:", "budget $12,000", "Daily Posts"):
+    for text in (
+        "production",
+        "research",
+        "of cap",
+        "Spend:",
+        "budget $20,000",
+        "Daily Posts",
+        "today ",
+        " reset<",
+        "80% band",
+        "cap reached by",
+        "over the budget",
+    ):
         assert text in page, text
     assert page.count("<svg") >= 6 and "<script" not in page
 
