@@ -17,7 +17,10 @@ NOW = datetime(2026, 11, 23, 15, 30, tzinfo=UTC)
 
 
 def _chart(page: str) -> str:
-    (svg,) = re.findall(r'<svg[^>]*aria-label="daily Posts this cycle[^"]*">.*?</svg>', page)
+    svgs: list[str] = re.findall(
+        r'<svg[^>]*aria-label="daily Posts this cycle[^"]*">.*?</svg>', page
+    )
+    (svg,) = svgs
     return svg
 
 
