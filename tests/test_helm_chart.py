@@ -331,8 +331,102 @@ def test_pod_and_container_security_contexts_are_hardened(values: Values) -> Non
     assert one(objects, "ServiceAccount")["automountServiceAccountToken"] is False
 
 
-def test_resources_are_empty_by_default() -> None:
-    assert container(manifests())["resources"] == {}
+def _mebibytes(quantity: str) -> float:
+    assert quantity.endswith("Mi"), quantity
+    return float(quantity.removesuffix("Mi"))
+
+
+def test_resources_default_to_the_measured_footprint_with_headroom() -> None:
+    """The requests cover the largest resident memory measured in docs/performance.md (100
+    projects) with 20% to spare, and the limit leaves twice the request."""
+    resources = container(manifests())["resources"]
+    assert set(resources) == {"requests", "limits"}
+    table = (REPO / "docs" / "performance.md").read_text(encoding="utf-8")
+    measured = [
+        float(after)
+        for after in re.findall(r"^\| \d+ \| \d+ \| [\d.]+ \| ([\d.]+) \| [\d.]+ \|$", table, re.M)
+    ]
+    assert len(measured) >= 3
+    request = _mebibytes(resources["requests"]["memory"])
+    assert request >= 1.2 * max(measured)
+    assert _mebibytes(resources["limits"]["memory"]) >= 2 * request
+    assert resources["requests"]["cpu"] == "10m" and resources["limits"]["cpu"] == "500m"
+    # Helm merges maps: null removes a default (`--set resources.limits.cpu=null`, or all of them)
+    trimmed = container(manifests({"resources": {"limits": {"cpu": None}}}))["resources"]
+    assert trimmed["limits"] == {"memory": resources["limits"]["memory"]}
+    assert "resources" not in container(manifests({"resources": None}))
+
+
+def _set(*expressions: str) -> Values:
+    """Values as `helm install --set a=b --set c=d` makes them, parsed by Helm's own strvals."""
+    merged: Values = {}
+
+    def merge(into: Values, new: Values) -> None:
+        for key, value in new.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            elif isinstance(value, list) and isinstance(into.get(key), list):
+                for index, item in enumerate(value):
+                    if index < len(into[key]) and isinstance(item, dict):
+                        merge(into[key][index], item)
+                    elif index >= len(into[key]):
+                        into[key].append(item)
+            else:
+                into[key] = value
+
+    for expression in expressions:
+        merge(merged, helm_python.parse_set_string(expression))
+    return merged
+
+
+def test_decimals_given_with_set_are_accepted_and_rendered_as_numbers(tmp_path: Path) -> None:
+    from exporter.config import load_config
+
+    values = _set(
+        "existingSecret=x-api-tokens",
+        "projects[0].name=production",
+        "projects[0].budget_usd=399.50",
+        "projects[0].spending_limit_usd=800",
+        "config.pricing.post_read_usd=0.004",
+        "prometheusRule.enabled=true",
+        "prometheusRule.thresholds.cap_utilization_warning=0.7",
+    )
+    assert values["projects"][0]["budget_usd"] == "399.50"  # what --set hands to the schema
+    assert values["config"]["pricing"]["post_read_usd"] == "0.004"
+    objects = manifests(values)
+    config = config_file(objects)
+    assert config["projects"][0]["budget_usd"] == 399.5
+    assert config["projects"][0]["spending_limit_usd"] == 800
+    assert config["pricing"]["post_read_usd"] == 0.004
+    (tmp_path / "production").write_text("a-token\n", encoding="utf-8")
+    config["projects"][0]["bearer_token_file"] = str(tmp_path / "production")
+    (tmp_path / "config.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    loaded = load_config(str(tmp_path / "config.yml"), environ={})
+    assert loaded.projects[0].budget_usd == 399.5 and loaded.pricing.post_read_usd == 0.004
+    rules = [r for g in one(objects, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    (warning,) = [
+        r for r in rules if r.get("record", "").startswith("xapi:alert_threshold_cap_utilization_w")
+    ]
+    assert warning["expr"] == "vector(0.7)"
+    assert not helm_python.lint(CHART, values)["errors"]
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        "projects[0].budget_usd=lots",
+        "projects[0].budget_usd=0",
+        "projects[0].budget_usd=0.00",
+        "projects[0].budget_usd=-5",
+        "config.pricing.post_read_usd=-0.1",
+        "config.pricing.post_read_usd=1e3",
+        "prometheusRule.thresholds.cap_utilization_warning=high",
+    ],
+)
+def test_set_strings_that_are_not_decimals_in_range_are_refused(expression: str) -> None:
+    values = _set("existingSecret=s", "projects[0].name=p", expression)
+    with pytest.raises(helm_python.HelmValuesError):
+        render(values)
 
 
 @pytest.mark.parametrize("values", [v for _, v in VALUE_SETS], ids=VALUE_SET_IDS)

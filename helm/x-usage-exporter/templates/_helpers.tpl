@@ -164,9 +164,22 @@ its file in the mounted token Secret, which the exporter re-reads at every poll.
 {{- /* YAML 1.1 reads a bare on/off as a boolean; the exporter wants the words. */}}
 {{- $_ := set $config "credits" (ternary "on" "off" $config.credits) }}
 {{- end }}
+{{- /* `--set` makes decimals strings ("0.004"); the schema admits only decimal strings there. */}}
+{{- $pricing := deepCopy (default dict $config.pricing) }}
+{{- range $key, $value := $pricing }}
+{{- $_ := set $pricing $key (float64 $value) }}
+{{- end }}
+{{- if $config.pricing }}
+{{- $_ := set $config "pricing" $pricing }}
+{{- end }}
 {{- $projects := list }}
 {{- range $project := .Values.projects }}
 {{- $entry := omit $project "secretKey" }}
+{{- range $key := list "budget_usd" "spending_limit_usd" }}
+{{- if hasKey $entry $key }}
+{{- $_ := set $entry $key (float64 (get $entry $key)) }}
+{{- end }}
+{{- end }}
 {{- $key := include "x-usage-exporter.projectKey" (dict "project" $project) }}
 {{- $_ := set $entry "bearer_token_file" (printf "%s/%s" (trimSuffix "/" $.Values.tokenMountPath) $key) }}
 {{- $projects = append $projects $entry }}
