@@ -113,9 +113,9 @@ class Config:
             budget, limit = project.budget_usd, project.spending_limit_usd
             if budget is not None and limit is not None and limit < budget:
                 found.append(
-                    f"projects[{index}].spending_limit_usd: {limit:g} is below budget_usd "
-                    f"{budget:g} ({project.name}): the X API blocks every request at the spending "
-                    f"limit, so the budget can never be reached"
+                    f"projects[{index}].spending_limit_usd: {limit:,.10g} is below budget_usd "
+                    f"{budget:,.10g} ({project.name}): the X API blocks every request at the "
+                    f"spending limit, so the budget can never be reached"
                 )
         return found
 

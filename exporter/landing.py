@@ -185,7 +185,7 @@ def _short(posts: float) -> str:
     for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if posts >= size:
             return f"{posts / size:.3g}{unit}"
-    return f"{posts:.0f}"
+    return f"{posts:.3g}"
 
 
 def _daily_forecast(usage: UsageSnapshot, now: datetime) -> tuple[float, float, float] | None:
