@@ -106,8 +106,8 @@ class Config:
             found.append(
                 f"history_days: {self.history_days} days cannot hold a whole billing cycle (up "
                 f"to {LONGEST_CYCLE_DAYS} days): per-App consumption (xapi_app_posts_consumed) "
-                f"and, in the overview answer shape, the project's consumption would miss the "
-                f"cycle's first days; use at least {LONGEST_CYCLE_DAYS}"
+                f"and, when an answer has no project_usage, the project's consumption would "
+                f"miss the cycle's first days; use at least {LONGEST_CYCLE_DAYS}"
             )
         for index, project in enumerate(self.projects):
             budget, limit = project.budget_usd, project.spending_limit_usd

@@ -358,25 +358,9 @@ def test_resources_default_to_the_measured_footprint_with_headroom() -> None:
 
 
 def _set(*expressions: str) -> Values:
-    """Values as `helm install --set a=b --set c=d` makes them, parsed by Helm's own strvals."""
-    merged: Values = {}
-
-    def merge(into: Values, new: Values) -> None:
-        for key, value in new.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                merge(into[key], value)
-            elif isinstance(value, list) and isinstance(into.get(key), list):
-                for index, item in enumerate(value):
-                    if index < len(into[key]) and isinstance(item, dict):
-                        merge(into[key][index], item)
-                    elif index >= len(into[key]):
-                        into[key].append(item)
-            else:
-                into[key] = value
-
-    for expression in expressions:
-        merge(merged, helm_python.parse_set_string(expression))
-    return merged
+    """Values as `helm install --set a=b,c=d` makes them, parsed by Helm's own strvals."""
+    parsed: Values = helm_python.parse_set_string(",".join(expressions))
+    return parsed
 
 
 def test_decimals_given_with_set_are_accepted_and_rendered_as_numbers(tmp_path: Path) -> None:
