@@ -22,6 +22,7 @@ table{border-collapse:collapse;width:100%;font-size:14px}
 td,th{text-align:right;padding:3px 6px;border-bottom:1px solid #eceff3}
 td:first-child,th:first-child{text-align:left}
 svg{width:100%;height:auto;display:block}.k{font-size:13px;color:#5b6575}
+@media (max-width:600px){svg.daily{font-size:16px}}
 """
 
 
@@ -261,14 +262,14 @@ def _history(usage: UsageSnapshot, now: datetime) -> str:
     )
     if rate is not None:
         legend += (
-            f'<rect x="{_LEFT + 70}" y="{_HEIGHT - 12}" width="10" height="9" fill="none" '
+            f'<rect x="{_LEFT + 86}" y="{_HEIGHT - 12}" width="10" height="9" fill="none" '
             f'stroke="{_FORECAST}" stroke-dasharray="3 2"/>'
-            f'<text x="{_LEFT + 84}" y="{_HEIGHT - 4}">forecast {_short(rate[1])}/day, '
+            f'<text x="{_LEFT + 100}" y="{_HEIGHT - 4}">forecast {_short(rate[1])}/day, '
             f"shaded: 80% band {_short(rate[0])} to {_short(rate[2])}</text>"
         )
     return (
         f'<div class="k">Daily Posts this cycle (peak {peak:,})</div>'
-        f'<svg viewBox="0 0 {_WIDTH:.0f} {_HEIGHT:.0f}" role="img" font-size="10" '
+        f'<svg class="daily" viewBox="0 0 {_WIDTH:.0f} {_HEIGHT:.0f}" role="img" font-size="10" '
         f'fill="#1d2330" aria-label="daily Posts this cycle, with the forecast">'
         f"{''.join(parts)}{legend}</svg>"
     )
@@ -278,7 +279,8 @@ def _date_axis(first: date, today: date, end: date, today_x: float) -> list[str]
     """Ticks and labels for the cycle's first day, today and the reset day; today's label drops
     a line when it would run into the others."""
     row, low = _BASE + 14, _BASE + 27
-    today_row = row if _LEFT + 70 < today_x < _RIGHT - 110 else low
+    # Room for the edge labels at the larger font of narrow screens (the CSS media query).
+    today_row = row if _LEFT + 110 < today_x < _RIGHT - 160 else low
     labels = [
         (_LEFT, row, "start", f"{first:%b %d}"),
         (today_x, today_row, "middle", f"today {today:%b %d}"),
