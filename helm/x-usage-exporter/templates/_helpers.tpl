@@ -165,12 +165,8 @@ its file in the mounted token Secret, which the exporter re-reads at every poll.
 {{- $_ := set $config "credits" (ternary "on" "off" $config.credits) }}
 {{- end }}
 {{- /* `--set` makes decimals strings ("0.004"); the schema admits only decimal strings there. */}}
-{{- $pricing := deepCopy (default dict $config.pricing) }}
-{{- range $key, $value := $pricing }}
-{{- $_ := set $pricing $key (float64 $value) }}
-{{- end }}
-{{- if $config.pricing }}
-{{- $_ := set $config "pricing" $pricing }}
+{{- range $key, $value := ($config.pricing | default dict) }}
+{{- $_ := set $config.pricing $key (float64 $value) }}
 {{- end }}
 {{- $projects := list }}
 {{- range $project := .Values.projects }}
