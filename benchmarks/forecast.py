@@ -1,4 +1,4 @@
-"""Forecast benchmark: forecast_cycle against run-rate and predict_linear on synthetic traces."""
+"""Forecast benchmark: forecast_cycle against run-rate and predict_linear, generated and real."""
 
 from __future__ import annotations
 
@@ -12,11 +12,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from benchmarks.real_series import (
+    CYCLE_DAYS,
+    DATA_ENV,
+    data_file,
+    load_series,
+    percentile,
+    real_cases,
+)
 from benchmarks.traces import CYCLE_POINTS, PATTERNS, Case, make_case
 from exporter.forecast import forecast_cycle
 
 SEEDS = range(30)
 TARGET_RATIO = 0.6  # the model's overall median error must be at most this share of the baseline's
+REAL_TARGET_RATIO = 0.7  # the same on the real series' held-out years
+CLEARLY_WORSE_POINTS = 2.0  # "clearly worse": over 2 points of error above the better baseline
+BAND_TARGET = (0.75, 0.85)  # the 80% band's coverage, overall
+BAND_FLOOR = 0.6  # ... and in every pattern and cycle day
 PREDICT_LINEAR_RANGE = timedelta(days=7)
 _DAY = timedelta(days=1)
 
@@ -42,11 +54,16 @@ class Outcome:
 
 @functools.cache
 def outcome(pattern: str, seed: int, cycle_day: int) -> Outcome:
-    """Score one case with every method; cached, as both tables read the same cases."""
+    """Score one generated case with every method; cached, as both tables read the same cases."""
     case = make_case(pattern, seed, cycle_day)
     cap = round(
         case.true_total * random.Random(f"cap:{pattern}:{seed}:{cycle_day}").uniform(0.7, 1.3)
     )
+    return score(case, cap)
+
+
+def score(case: Case, cap: int) -> Outcome:
+    """Every method's answer for `case`, beside the truth."""
     forecast = forecast_cycle(
         daily=case.daily,
         consumed=case.consumed,
@@ -220,8 +237,123 @@ def _exhaustion_table() -> None:
         )
 
 
-def main() -> int:
+@dataclass(frozen=True, slots=True)
+class RealSummary:
+    """Scores of one group of real-series cases."""
+
+    n: int
+    model: float  # median APE
+    run_rate: float
+    pred_lin: float
+    model_p90: float
+    baseline_p90: float  # of the baseline with the lower median
+    worse: float  # share of cases clearly worse than that case's better baseline
+    coverage: float  # share of true totals inside the band
+
+    @property
+    def ratio(self) -> float:
+        better = min(self.run_rate, self.pred_lin)
+        return self.model / better if better > 0.0 else math.inf
+
+
+def summarise(outcomes: Sequence[Outcome]) -> RealSummary:
+    """Median and p90 APE, clearly-worse share and band coverage of `outcomes`."""
+    model = [ape(o.projected, o.truth) for o in outcomes]
+    run = [ape(o.run_rate, o.truth) for o in outcomes]
+    line = [ape(o.predict_linear, o.truth) for o in outcomes]
+    better = run if statistics.median(run) <= statistics.median(line) else line
+    worse = sum(
+        m > min(r, pl) + CLEARLY_WORSE_POINTS for m, r, pl in zip(model, run, line, strict=True)
+    )
+    inside = sum(o.lower <= o.truth <= o.upper for o in outcomes)
+    return RealSummary(
+        n=len(outcomes),
+        model=statistics.median(model),
+        run_rate=statistics.median(run),
+        pred_lin=statistics.median(line),
+        model_p90=percentile(model, 0.9),
+        baseline_p90=percentile(better, 0.9),
+        worse=worse / len(outcomes),
+        coverage=inside / len(outcomes),
+    )
+
+
+def real_outcomes(parts: Sequence[str]) -> dict[str, dict[int, list[Outcome]]] | None:
+    """Outcomes on the real series by part and cycle day; None when the data is absent."""
+    path = data_file()
+    if path is None:
+        return None
+    first_day, totals = load_series(path)
+    results: dict[str, dict[int, list[Outcome]]] = {
+        part: {day: [] for day in CYCLE_DAYS} for part in parts
+    }
+    for real in real_cases(first_day, totals):
+        if real.part in results:
+            case = real.case
+            cap = round(case.true_total * random.Random(f"cap:{case.now}").uniform(0.7, 1.3))
+            results[real.part][case.cycle_day].append(score(case, cap))
+    return results
+
+
+def _real_series_tables(parts: Sequence[str]) -> None:
+    print()
+    results = real_outcomes(parts)
+    if results is None:
+        print(
+            "Real series: data not found beside the repository (../shared/data) nor in "
+            f"${DATA_ENV}; skipped."
+        )
+        return
+    header = (
+        f"{'part':<9} {'day':>7} {'n':>4}  {'model':>6} {'run-rate':>8} {'pred_lin':>8} "
+        f"{'ratio':>5}  {'p90':>6} {'base p90':>8}  {'worse':>5} {'band80':>6}"
+    )
+    print("Real series (daily page loads as Posts read), rolling origin: APE of the cycle total")
+    print(header)
+    print("-" * len(header))
+    for part, by_day in results.items():
+        rows = [(str(day), outcomes) for day, outcomes in by_day.items()]
+        rows.append(("all", [o for outcomes in by_day.values() for o in outcomes]))
+        for label, outcomes in rows:
+            r = summarise(outcomes)
+            print(
+                f"{part:<9} {label:>7} {r.n:>4}  {r.model:5.1f}% {r.run_rate:7.1f}% "
+                f"{r.pred_lin:7.1f}% {r.ratio:5.2f}  {r.model_p90:5.1f}% {r.baseline_p90:7.1f}%  "
+                f"{r.worse:5.0%} {r.coverage:6.0%}"
+            )
+    print(
+        f"(ratio: model / better baseline median; p90 of the model and of that baseline; worse: "
+        f"model error > {CLEARLY_WORSE_POINTS:.0f} points above the case's better baseline)"
+    )
+    if "held-out" in results:
+        everything = [o for outcomes in results["held-out"].values() for o in outcomes]
+        r = summarise(everything)
+        low, high = BAND_TARGET
+        met = (
+            r.ratio <= REAL_TARGET_RATIO
+            and r.model_p90 <= r.baseline_p90
+            and low <= r.coverage <= high
+        )
+        print(
+            f"held-out: ratio {r.ratio:.2f} (target <= {REAL_TARGET_RATIO}), "
+            f"p90 {r.model_p90:.1f}% vs {r.baseline_p90:.1f}%, "
+            f"band {r.coverage:.0%} (target {low:.0%}-{high:.0%}): "
+            f"{'PASS' if met else 'FAIL'}"
+        )
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    """`--tuning-only`: score the real series' tuning years alone, as when choosing a design."""
     started = time.perf_counter()
+    parts = ("tuning",) if "--tuning-only" in argv else ("tuning", "held-out")
+    if "--real-only" not in argv:
+        _generated_tables()
+    _real_series_tables(parts)
+    print(f"\nran in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _generated_tables() -> None:
     model, baseline = _accuracy_table()
     ratio = model / baseline if baseline > 0.0 else math.inf
     verdict = "PASS" if ratio <= TARGET_RATIO else "FAIL"
@@ -231,9 +363,8 @@ def main() -> int:
         f"(target <= {TARGET_RATIO}): {verdict}"
     )
     _exhaustion_table()
-    print(f"\n{len(SEEDS)} seeds per row; ran in {time.perf_counter() - started:.1f} s")
-    return 0
+    print(f"({len(SEEDS)} seeds per row)")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-__all__ = ["CYCLE_POINTS", "PATTERNS", "POLL_SECONDS", "Case", "make_case"]
+__all__ = ["CYCLE_POINTS", "PATTERNS", "POLL_SECONDS", "Case", "intraday_shape", "make_case"]
 
 PATTERNS: tuple[str, ...] = (
     "weekly",
@@ -108,7 +108,7 @@ def make_case(pattern: str, seed: int, cycle_day: int) -> Case:
     today = (now.date() - first_day).days
 
     totals, project_start = _totals(pattern, rng, first_day, n_days, today)
-    shapes = tuple(_intraday_shape(rng) for _ in range(n_days))
+    shapes = tuple(intraday_shape(rng) for _ in range(n_days))
     prefix = [0.0]
     for value in totals[:-1]:
         prefix.append(prefix[-1] + value)
@@ -190,7 +190,7 @@ def _totals(
     return totals, project_start
 
 
-def _intraday_shape(rng: random.Random) -> tuple[float, ...]:
+def intraday_shape(rng: random.Random) -> tuple[float, ...]:
     """Cumulative share of a day's Posts at each hour 0..24: a noisy diurnal curve."""
     weights = [
         (1.0 + 0.5 * math.cos(2.0 * math.pi * (hour + 0.5 - 15.0) / 24.0))
