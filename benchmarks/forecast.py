@@ -342,6 +342,32 @@ def _real_series_tables(parts: Sequence[str]) -> None:
         )
 
 
+def _timing(projects: Sequence[int] = (100, 1000)) -> None:
+    """Time forecast_cycle, which runs once per project per poll, on 90-day generated histories."""
+    print()
+    print("forecast_cycle cost (one call per project per poll; 90 days of history each)")
+    mixed = [p for p in PATTERNS if p not in ("zero", "new_project")]
+    for count in projects:
+        cases = [
+            make_case(mixed[k % len(mixed)], 1000 + k, (3, 15, 25)[k % 3]) for k in range(count)
+        ]
+        started = time.perf_counter()
+        for case in cases:
+            forecast_cycle(
+                daily=case.daily,
+                consumed=case.consumed,
+                now=case.now,
+                cycle_start=case.cycle_start,
+                cycle_end=case.cycle_end,
+                cap=None,
+            )
+        elapsed = time.perf_counter() - started
+        print(
+            f"{count:>5} projects: {elapsed * 1000:8.0f} ms in all, "
+            f"{elapsed / count * 1000:5.1f} ms per project"
+        )
+
+
 def main(argv: Sequence[str] = ()) -> int:
     """`--tuning-only`: score the real series' tuning years alone, as when choosing a design."""
     started = time.perf_counter()
@@ -349,6 +375,8 @@ def main(argv: Sequence[str] = ()) -> int:
     if "--real-only" not in argv:
         _generated_tables()
     _real_series_tables(parts)
+    if "--real-only" not in argv:
+        _timing()
     print(f"\nran in {time.perf_counter() - started:.1f} s")
     return 0
 

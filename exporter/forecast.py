@@ -255,7 +255,8 @@ def _robust_sd(xs: Sequence[float]) -> float:
 
 def _recent_mean(history: Mapping[date, float], anchor: date, window: int) -> float:
     """Mean Posts per day over the known days among the `window` days up to `anchor`."""
-    values = [v for d, v in history.items() if anchor - window * _DAY < d <= anchor]
+    days = (anchor - k * _DAY for k in range(window))
+    values = [history[d] for d in days if d in history]
     return sum(values) / len(values) if values else 0.0
 
 
