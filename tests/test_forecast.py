@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from benchmarks.forecast import run_rate
+from benchmarks.forecast import forecast_case, run_rate
 from benchmarks.traces import CYCLE_POINTS, PATTERNS, make_case
 from exporter.forecast import Forecast, daily_baseline, forecast_cycle
 
@@ -48,14 +48,7 @@ def median_errors(pattern: str, point: str) -> tuple[float, float]:
     naive: list[float] = []
     for seed in TEST_SEEDS:
         case = make_case(pattern, seed, CYCLE_POINTS[point])
-        result = forecast_cycle(
-            daily=case.daily,
-            consumed=case.consumed,
-            now=case.now,
-            cycle_start=case.cycle_start,
-            cycle_end=case.cycle_end,
-            cap=None,
-        )
+        result = forecast_case(case)
         model.append(abs(result.projected / case.true_total - 1.0) * 100.0)
         naive.append(abs(run_rate(case) / case.true_total - 1.0) * 100.0)
     return statistics.median(model), statistics.median(naive)
@@ -175,14 +168,7 @@ def test_the_80_percent_band_holds_roughly_80_percent_of_outcomes_in_every_patte
         for cycle_day in CYCLE_POINTS.values():
             for seed in TEST_SEEDS:
                 case = make_case(pattern, seed, cycle_day)
-                result = forecast_cycle(
-                    daily=case.daily,
-                    consumed=case.consumed,
-                    now=case.now,
-                    cycle_start=case.cycle_start,
-                    cycle_end=case.cycle_end,
-                    cap=None,
-                )
+                result = forecast_case(case)
                 inside[pattern] += result.lower <= case.true_total <= result.upper
     per_pattern = len(CYCLE_POINTS) * len(TEST_SEEDS)
     assert 0.7 <= sum(inside.values()) / (per_pattern * len(inside)) <= 0.9
