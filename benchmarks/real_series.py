@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
+from benchmarks import traces
 from benchmarks.traces import HISTORY_DAYS, Case, intraday_shape
 
 __all__ = [
@@ -101,7 +102,17 @@ def _case(
     cycle_day: int,
     now: datetime,
 ) -> Case:
-    skeleton = Case(
+    def posts_before(instant: datetime) -> float:
+        return traces.posts_before(first_day, totals, shapes, prefix, instant)
+
+    today = (now.date() - first_day).days
+    start = (cycle_start.date() - first_day).days
+    daily = {
+        first_day + index * _DAY: round(totals[index])
+        for index in range(max(today - HISTORY_DAYS + 1, 0), today)
+    }
+    daily[now.date()] = round(posts_before(now) - prefix[today])
+    return Case(
         pattern="real",
         seed=0,
         cycle_day=cycle_day,
@@ -109,31 +120,8 @@ def _case(
         cycle_start=cycle_start,
         cycle_end=cycle_start + length * _DAY,
         previous_cycle_start=cycle_start - length * _DAY,
-        daily={},
-        consumed=0,
-        true_total=0.0,
-        first_day=first_day,
-        totals=totals,
-        shapes=shapes,
-        prefix=prefix,
-    )
-    today = (now.date() - first_day).days
-    start = (cycle_start.date() - first_day).days
-    daily = {
-        first_day + index * _DAY: round(totals[index])
-        for index in range(max(today - HISTORY_DAYS + 1, 0), today)
-    }
-    daily[now.date()] = round(skeleton.posts_before(now) - prefix[today])
-    return Case(
-        pattern="real",
-        seed=0,
-        cycle_day=cycle_day,
-        now=now,
-        cycle_start=cycle_start,
-        cycle_end=skeleton.cycle_end,
-        previous_cycle_start=skeleton.previous_cycle_start,
         daily=daily,
-        consumed=math.floor(skeleton.posts_before(now) - skeleton.posts_before(cycle_start)),
+        consumed=math.floor(posts_before(now) - posts_before(cycle_start)),
         true_total=sum(totals[start : start + length]),
         first_day=first_day,
         totals=totals,
