@@ -1,4 +1,4 @@
-"""Forecast benchmark: forecast_cycle against run-rate and predict_linear on synthetic traces."""
+"""Forecast benchmark: forecast_cycle against run-rate and predict_linear, generated and real."""
 
 from __future__ import annotations
 
@@ -12,11 +12,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from benchmarks.real_series import (
+    CYCLE_DAYS,
+    DATA_ENV,
+    data_file,
+    load_series,
+    percentile,
+    real_cases,
+)
 from benchmarks.traces import CYCLE_POINTS, PATTERNS, Case, make_case
-from exporter.forecast import forecast_cycle
+from exporter.forecast import Forecast, forecast_cycle
 
 SEEDS = range(30)
 TARGET_RATIO = 0.6  # the model's overall median error must be at most this share of the baseline's
+REAL_TARGET_RATIO = 0.7  # the same on the real series' held-out years
+CLEARLY_WORSE_POINTS = 2.0  # "clearly worse": over 2 points of error above the better baseline
+BAND_TARGET = (0.75, 0.85)  # the 80% band's coverage, overall
+BAND_FLOOR = 0.6  # ... and in every pattern and cycle day
 PREDICT_LINEAR_RANGE = timedelta(days=7)
 _DAY = timedelta(days=1)
 
@@ -42,12 +54,17 @@ class Outcome:
 
 @functools.cache
 def outcome(pattern: str, seed: int, cycle_day: int) -> Outcome:
-    """Score one case with every method; cached, as both tables read the same cases."""
+    """Score one generated case with every method; cached, as both tables read the same cases."""
     case = make_case(pattern, seed, cycle_day)
     cap = round(
         case.true_total * random.Random(f"cap:{pattern}:{seed}:{cycle_day}").uniform(0.7, 1.3)
     )
-    forecast = forecast_cycle(
+    return score(case, cap)
+
+
+def forecast_case(case: Case, cap: int | None = None) -> Forecast:
+    """forecast_cycle on what the usage endpoint shows in `case`."""
+    return forecast_cycle(
         daily=case.daily,
         consumed=case.consumed,
         now=case.now,
@@ -55,6 +72,11 @@ def outcome(pattern: str, seed: int, cycle_day: int) -> Outcome:
         cycle_end=case.cycle_end,
         cap=cap,
     )
+
+
+def score(case: Case, cap: int) -> Outcome:
+    """Every method's answer for `case`, beside the truth."""
+    forecast = forecast_case(case, cap)
     in_cycle = least_squares_line(case.gauge_samples(PREDICT_LINEAR_RANGE, across_reset=False))
     across = in_cycle
     if case.now - PREDICT_LINEAR_RANGE < case.cycle_start:
@@ -137,8 +159,28 @@ def _percent(value: float) -> str:
     return f"{value:7.1f}%" if math.isfinite(value) else "    inf"
 
 
-def _accuracy_table() -> tuple[float, float]:
-    """Print median APE per pattern and cycle point; return the model's and best baseline's."""
+@dataclass(frozen=True, slots=True)
+class GeneratedSummary:
+    """The generated traces' overall figures (all patterns but `zero`)."""
+
+    model: float  # median APE
+    baseline: float  # the better baseline's median APE
+    coverage: float  # share of true totals inside the band
+    lowest_coverage: float  # in the worst pattern x cycle point row
+
+
+def band_verdict(coverage: float, lowest: float) -> str:
+    """One line: overall coverage against BAND_TARGET, the worst group against BAND_FLOOR."""
+    low, high = BAND_TARGET
+    met = low <= coverage <= high and lowest >= BAND_FLOOR
+    return (
+        f"band {coverage:.0%} (target {low:.0%}-{high:.0%}), lowest group {lowest:.0%} "
+        f"(floor {BAND_FLOOR:.0%}): {'PASS' if met else 'FAIL'}"
+    )
+
+
+def _accuracy_table() -> GeneratedSummary:
+    """Print median APE and band coverage per pattern and cycle point; return the overall."""
     header = (
         f"{'pattern':<12} {'point':<7} {'n':>3}  {'model':>8} {'run-rate':>8} "
         f"{'pred_lin':>8} {'pl_reset':>8}  {'band80':>6}"
@@ -148,6 +190,7 @@ def _accuracy_table() -> tuple[float, float]:
     print("-" * len(header))
     overall: dict[str, list[float]] = {"model": [], "run": [], "pl": [], "pl_reset": []}
     covered = scored = 0
+    lowest = 1.0
     for pattern in PATTERNS:
         for point, cycle_day in CYCLE_POINTS.items():
             errors: dict[str, list[float]] = {key: [] for key in overall}
@@ -170,6 +213,7 @@ def _accuracy_table() -> tuple[float, float]:
                     overall[key].extend(values)
                 covered += inside
                 scored += len(SEEDS)
+                lowest = min(lowest, inside / len(SEEDS))
     medians = {key: statistics.median(values) for key, values in overall.items()}
     print("-" * len(header))
     print(
@@ -178,7 +222,12 @@ def _accuracy_table() -> tuple[float, float]:
         f"{_percent(medians['pl_reset'])}  {covered / scored:6.0%}"
     )
     print("(overall leaves out `zero`, where every method is exact)")
-    return medians["model"], min(medians["run"], medians["pl"])
+    return GeneratedSummary(
+        model=medians["model"],
+        baseline=min(medians["run"], medians["pl"]),
+        coverage=covered / scored,
+        lowest_coverage=lowest,
+    )
 
 
 def _exhaustion_table() -> None:
@@ -220,9 +269,141 @@ def _exhaustion_table() -> None:
         )
 
 
-def main() -> int:
+@dataclass(frozen=True, slots=True)
+class RealSummary:
+    """Scores of one group of real-series cases."""
+
+    n: int
+    model: float  # median APE
+    run_rate: float
+    pred_lin: float
+    model_p90: float
+    baseline_p90: float  # of the baseline with the lower median
+    worse: float  # share of cases clearly worse than that case's better baseline
+    coverage: float  # share of true totals inside the band
+
+    @property
+    def ratio(self) -> float:
+        better = min(self.run_rate, self.pred_lin)
+        return self.model / better if better > 0.0 else math.inf
+
+
+def summarise(outcomes: Sequence[Outcome]) -> RealSummary:
+    """Median and p90 APE, clearly-worse share and band coverage of `outcomes`."""
+    model = [ape(o.projected, o.truth) for o in outcomes]
+    run = [ape(o.run_rate, o.truth) for o in outcomes]
+    line = [ape(o.predict_linear, o.truth) for o in outcomes]
+    better = run if statistics.median(run) <= statistics.median(line) else line
+    worse = sum(
+        m > min(r, pl) + CLEARLY_WORSE_POINTS for m, r, pl in zip(model, run, line, strict=True)
+    )
+    inside = sum(o.lower <= o.truth <= o.upper for o in outcomes)
+    return RealSummary(
+        n=len(outcomes),
+        model=statistics.median(model),
+        run_rate=statistics.median(run),
+        pred_lin=statistics.median(line),
+        model_p90=percentile(model, 0.9),
+        baseline_p90=percentile(better, 0.9),
+        worse=worse / len(outcomes),
+        coverage=inside / len(outcomes),
+    )
+
+
+def real_outcomes(parts: Sequence[str]) -> dict[str, dict[int, list[Outcome]]] | None:
+    """Outcomes on the real series by part and cycle day; None when the data is absent."""
+    path = data_file()
+    if path is None:
+        return None
+    first_day, totals = load_series(path)
+    results: dict[str, dict[int, list[Outcome]]] = {
+        part: {day: [] for day in CYCLE_DAYS} for part in parts
+    }
+    for real in real_cases(first_day, totals):
+        if real.part in results:
+            case = real.case
+            cap = round(case.true_total * random.Random(f"cap:{case.now}").uniform(0.7, 1.3))
+            results[real.part][case.cycle_day].append(score(case, cap))
+    return results
+
+
+def _real_series_tables(parts: Sequence[str]) -> None:
+    print()
+    results = real_outcomes(parts)
+    if results is None:
+        print(
+            "Real series: data not found beside the repository (../shared/data) nor in "
+            f"${DATA_ENV}; skipped."
+        )
+        return
+    header = (
+        f"{'part':<9} {'day':>7} {'n':>4}  {'model':>6} {'run-rate':>8} {'pred_lin':>8} "
+        f"{'ratio':>5}  {'p90':>6} {'base p90':>8}  {'worse':>5} {'band80':>6}"
+    )
+    print("Real series (daily page loads as Posts read), rolling origin: APE of the cycle total")
+    print(header)
+    print("-" * len(header))
+    for part, by_day in results.items():
+        rows = [(str(day), outcomes) for day, outcomes in by_day.items()]
+        rows.append(("all", [o for outcomes in by_day.values() for o in outcomes]))
+        for label, outcomes in rows:
+            r = summarise(outcomes)
+            print(
+                f"{part:<9} {label:>7} {r.n:>4}  {r.model:5.1f}% {r.run_rate:7.1f}% "
+                f"{r.pred_lin:7.1f}% {r.ratio:5.2f}  {r.model_p90:5.1f}% {r.baseline_p90:7.1f}%  "
+                f"{r.worse:5.0%} {r.coverage:6.0%}"
+            )
+    print(
+        f"(ratio: model / better baseline median; p90 of the model and of that baseline; worse: "
+        f"model error > {CLEARLY_WORSE_POINTS:.0f} points above the case's better baseline)"
+    )
+    for part, by_day in results.items():
+        r = summarise([o for outcomes in by_day.values() for o in outcomes])
+        lowest = min(summarise(outcomes).coverage for outcomes in by_day.values())
+        met = r.ratio <= REAL_TARGET_RATIO and r.model_p90 <= r.baseline_p90
+        print(
+            f"{part}: ratio {r.ratio:.2f} (target <= {REAL_TARGET_RATIO}), "
+            f"p90 {r.model_p90:.1f}% vs {r.baseline_p90:.1f}% (target: no worse): "
+            f"{'PASS' if met else 'FAIL'}; {band_verdict(r.coverage, lowest)}"
+        )
+    print("(the targets apply to the held-out part; the tuning part shows what was tuned on)")
+
+
+def _timing(projects: Sequence[int] = (100, 1000)) -> None:
+    """Time forecast_cycle, which runs once per project per poll, on 90-day generated histories."""
+    print()
+    print("forecast_cycle cost (one call per project per poll; 90 days of history each)")
+    mixed = [p for p in PATTERNS if p not in ("zero", "new_project")]
+    for count in projects:
+        cases = [
+            make_case(mixed[k % len(mixed)], 1000 + k, (3, 15, 25)[k % 3]) for k in range(count)
+        ]
+        started = time.perf_counter()
+        for case in cases:
+            forecast_case(case)
+        elapsed = time.perf_counter() - started
+        print(
+            f"{count:>5} projects: {elapsed * 1000:8.0f} ms in all, "
+            f"{elapsed / count * 1000:5.1f} ms per project"
+        )
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    """`--tuning-only`: score the real series' tuning years alone, as when choosing a design."""
     started = time.perf_counter()
-    model, baseline = _accuracy_table()
+    parts = ("tuning",) if "--tuning-only" in argv else ("tuning", "held-out")
+    if "--real-only" not in argv:
+        _generated_tables()
+    _real_series_tables(parts)
+    if "--real-only" not in argv:
+        _timing()
+    print(f"\nran in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _generated_tables() -> None:
+    summary = _accuracy_table()
+    model, baseline = summary.model, summary.baseline
     ratio = model / baseline if baseline > 0.0 else math.inf
     verdict = "PASS" if ratio <= TARGET_RATIO else "FAIL"
     print()
@@ -230,10 +411,10 @@ def main() -> int:
         f"model / better baseline = {model:.1f}% / {baseline:.1f}% = {ratio:.2f} "
         f"(target <= {TARGET_RATIO}): {verdict}"
     )
+    print(band_verdict(summary.coverage, summary.lowest_coverage))
     _exhaustion_table()
-    print(f"\n{len(SEEDS)} seeds per row; ran in {time.perf_counter() - started:.1f} s")
-    return 0
+    print(f"({len(SEEDS)} seeds per row)")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -8,7 +8,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
-__all__ = ["CYCLE_POINTS", "PATTERNS", "POLL_SECONDS", "Case", "make_case"]
+__all__ = [
+    "CYCLE_POINTS",
+    "PATTERNS",
+    "POLL_SECONDS",
+    "Case",
+    "intraday_shape",
+    "make_case",
+    "posts_before",
+]
 
 PATTERNS: tuple[str, ...] = (
     "weekly",
@@ -49,7 +57,7 @@ class Case:
 
     def posts_before(self, instant: datetime) -> float:
         """True Posts consumed from first_day up to `instant`."""
-        return _posts_before(self.first_day, self.totals, self.shapes, self.prefix, instant)
+        return posts_before(self.first_day, self.totals, self.shapes, self.prefix, instant)
 
     def gauge_samples(self, window: timedelta, across_reset: bool) -> list[tuple[float, float]]:
         """(seconds relative to now, xapi_project_posts_consumed) as Prometheus would store them.
@@ -108,7 +116,7 @@ def make_case(pattern: str, seed: int, cycle_day: int) -> Case:
     today = (now.date() - first_day).days
 
     totals, project_start = _totals(pattern, rng, first_day, n_days, today)
-    shapes = tuple(_intraday_shape(rng) for _ in range(n_days))
+    shapes = tuple(intraday_shape(rng) for _ in range(n_days))
     prefix = [0.0]
     for value in totals[:-1]:
         prefix.append(prefix[-1] + value)
@@ -122,11 +130,11 @@ def make_case(pattern: str, seed: int, cycle_day: int) -> Case:
             continue
         daily[first_day + index * _DAY] = round(totals[index])
 
-    def posts_before(instant: datetime) -> float:
-        return _posts_before(first_day, totals, shapes, prefix, instant)
+    def before(instant: datetime) -> float:
+        return posts_before(first_day, totals, shapes, prefix, instant)
 
-    daily[now.date()] = round(posts_before(now) - prefix[today])
-    in_cycle = posts_before(now) - posts_before(cycle_start)
+    daily[now.date()] = round(before(now) - prefix[today])
+    in_cycle = before(now) - before(cycle_start)
     # project_usage is authoritative and can differ a little from the sum of the daily values.
     consumed = max(round(in_cycle * (1.0 + rng.gauss(0.0, 0.002))), 0)
     true_total = sum(totals[(cycle_start.date() - first_day).days :])
@@ -190,7 +198,7 @@ def _totals(
     return totals, project_start
 
 
-def _intraday_shape(rng: random.Random) -> tuple[float, ...]:
+def intraday_shape(rng: random.Random) -> tuple[float, ...]:
     """Cumulative share of a day's Posts at each hour 0..24: a noisy diurnal curve."""
     weights = [
         (1.0 + 0.5 * math.cos(2.0 * math.pi * (hour + 0.5 - 15.0) / 24.0))
@@ -205,7 +213,7 @@ def _intraday_shape(rng: random.Random) -> tuple[float, ...]:
     return tuple(shape)
 
 
-def _posts_before(
+def posts_before(
     first_day: date,
     totals: Sequence[float],
     shapes: Sequence[Sequence[float]],

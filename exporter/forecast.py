@@ -90,13 +90,21 @@ def forecast_cycle(
     partial = daily.get(today)
     horizon = max((cycle_end - now) / _DAY, 0.0)
 
+    elapsed = max((now - cycle_start) / _DAY, 0.0)
     pace_known = partial is not None and elapsed_today >= MIN_PACE_SHARE
     history = _usable_history(daily, today, pace_known)
+    weight = 1.0
+    simple_rate = 0.0
     if history:
         raw, shrunk = _weekday_factors(history)
         anchor = max(history)
         model = _fit(history, raw, shrunk, anchor)
-        log_sd = _backtest_log_sd(history, raw, shrunk, anchor, horizon)
+        window = max(round(elapsed), 1)
+        weight, log_sd = _backtest(history, raw, shrunk, model, horizon, window)
+        if elapsed >= 1.0:
+            simple_rate = max(consumed, 0) / elapsed
+        else:
+            simple_rate = _recent_mean(history, anchor, window)
     else:
         # No complete day to learn from: today's pace, or else the cycle's own run rate.
         if partial is not None and elapsed_today > 0.0:
@@ -106,7 +114,10 @@ def forecast_cycle(
         model = _Model(today, math.log1p(rate), 0.0, 0.0, (1.0,) * 7)
         log_sd = PRIOR_LOG_SD
 
-    segments = _remaining_path(model, now, cycle_end, partial, elapsed_today)
+    segments = [
+        (start, end, weight * amount + (1.0 - weight) * simple_rate * ((end - start) / _DAY))
+        for start, end, amount in _remaining_path(model, now, cycle_end, partial, elapsed_today)
+    ]
     remaining = sum(amount for _, _, amount in segments)
     spread = math.exp(Z_80 * min(log_sd, MAX_BAND_LOG_SD))
     return Forecast(
@@ -242,24 +253,41 @@ def _robust_sd(xs: Sequence[float]) -> float:
     return _MAD_TO_SD * statistics.median(abs(x - middle) for x in xs)
 
 
-def _backtest_log_sd(
+def _recent_mean(history: Mapping[date, float], anchor: date, window: int) -> float:
+    """Mean Posts per day over the known days among the `window` days up to `anchor`."""
+    days = (anchor - k * _DAY for k in range(window))
+    values = [history[d] for d in days if d in history]
+    return sum(values) / len(values) if values else 0.0
+
+
+def _backtest(
     history: Mapping[date, float],
     raw: Sequence[float],
     shrunk: Sequence[float],
-    anchor: date,
+    model: _Model,
     horizon: float,
-) -> float:
-    """Log-scale RMS error of the model's own forecasts of past spans as long as `horizon`.
+    window: int,
+) -> tuple[float, float]:
+    """The structured model's weight in the forecast, and the log-scale RMS error of the result.
 
-    From each of the last BACKTEST_ORIGINS days that leave a full span of history after them, the
-    model is fitted on the days up to that origin and its total for the span is compared with what
-    happened. A history too short for the full span is backtested on a shorter one and scaled
-    by the square root of the horizon. One pseudo-error of PRIOR_LOG_SD regularises the estimate.
+    From each of the last BACKTEST_ORIGINS days that leave a full span of history after them
+    (the span as long as `horizon`), the structured model is fitted on the days up to that
+    origin and the simple estimate is the mean of its last `window` days, as a run rate over
+    `window` days of the cycle would be; both totals for the span are compared with what
+    happened. The structured model keeps the whole weight unless it lost: then its weight is
+    the simple estimate's mean squared log error over its own (lost by 2x: half the weight).
+    When the simple estimate now departs from the structured one further than in any backtest
+    (a step, a spike: a situation the past did not contain), the past says nothing about it and
+    the structured model keeps the whole weight. The combined forecast's errors give the band.
+    A history too short for the full span is backtested on a shorter one and its error scaled
+    by the square root of the horizon. One pseudo-error of PRIOR_LOG_SD per method regularises
+    both estimates.
     """
+    anchor = model.anchor
     span = max(round(horizon), 1)
     known_days = (anchor - min(history)).days + 1
     span = min(span, known_days - MIN_SEGMENT_DAYS)
-    errors: list[float] = []
+    cases: list[tuple[float, float, float]] = []  # (actual, structured, simple) totals
     for back in range(BACKTEST_ORIGINS if span >= 1 else 0):
         origin = anchor - (span + back) * _DAY
         train = {d: v for d, v in history.items() if d <= origin}
@@ -268,15 +296,29 @@ def _backtest_log_sd(
         seen = [d for d in (origin + k * _DAY for k in range(1, span + 1)) if d in history]
         if 2 * len(seen) <= span:
             continue
-        model = _fit(train, raw, shrunk, max(train))
-        expected = sum(model.expected(d) for d in seen)
-        actual = sum(history[d] for d in seen)
-        errors.append(math.log((actual + 1.0) / (expected + 1.0)))
-    squares = sum(e * e for e in errors) + PRIOR_WEIGHT * PRIOR_LOG_SD**2
-    log_sd = math.sqrt(squares / (len(errors) + PRIOR_WEIGHT))
-    if errors and span < horizon:
+        past = _fit(train, raw, shrunk, max(train))
+        structured = sum(past.expected(d) for d in seen)
+        simple = _recent_mean(train, max(train), window) * len(seen)
+        cases.append((sum(history[d] for d in seen), structured, simple))
+    prior = PRIOR_WEIGHT * PRIOR_LOG_SD**2
+    structured_sq = prior + sum(_log_error(a, m) ** 2 for a, m, _ in cases)
+    simple_sq = prior + sum(_log_error(a, s) ** 2 for a, _, s in cases)
+    weight = min(simple_sq / structured_sq, 1.0)
+    ahead = [anchor + k * _DAY for k in range(1, max(span, 1) + 1)]
+    gap = _log_error(
+        _recent_mean(history, anchor, window) * len(ahead), sum(map(model.expected, ahead))
+    )
+    if abs(gap) > max((abs(_log_error(s, m)) for _, m, s in cases), default=0.0):
+        weight = 1.0
+    squares = prior + sum(_log_error(a, weight * m + (1.0 - weight) * s) ** 2 for a, m, s in cases)
+    log_sd = math.sqrt(squares / (len(cases) + PRIOR_WEIGHT))
+    if cases and span < horizon:
         log_sd *= math.sqrt(horizon / span)
-    return log_sd
+    return weight, log_sd
+
+
+def _log_error(actual: float, expected: float) -> float:
+    return math.log((actual + 1.0) / (expected + 1.0))
 
 
 def _remaining_path(
