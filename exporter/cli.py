@@ -17,7 +17,8 @@ from typing import NoReturn
 
 from prometheus_client import CollectorRegistry
 
-from exporter import __version__, backfill, logs, report, webconfig
+from exporter import __version__, backfill, backtest, logs, report, webconfig
+from exporter.alert_eval import PrometheusError, RulesError, load_rules
 from exporter.client import XApiClient, fetch_usage, read_token
 from exporter.collector import UsageCollector
 from exporter.config import Config, ProjectConfig, TokenSource, load_config, parse_duration
@@ -121,6 +122,43 @@ def build_backfill_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_backtest_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=f"{PROG} backtest",
+        description="Replay the daily history through the forecast and the alert rules, "
+        "evaluated by Prometheus: when each alert would have fired, how early, false pages.",
+    )
+    _add_source_flags(parser)
+    parser.add_argument(
+        "--trace", metavar="FILE.csv", help="daily history as CSV rows date,posts[,app_id]"
+    )
+    parser.add_argument("--cap", type=int, help="with --trace: the monthly Post cap")
+    parser.add_argument(
+        "--reset-day", type=int, default=1, help="with --trace: day of month the cap resets (1)"
+    )
+    parser.add_argument("--budget-usd", type=float, help="with --trace: monthly budget")
+    parser.add_argument("--spending-limit-usd", type=float, help="with --trace: spending limit")
+    parser.add_argument(
+        "--post-read-usd", type=float, default=0.005, help="with --trace: price per Post read"
+    )
+    parser.add_argument(
+        "--rules",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="rule files to judge (default: the shipped alerts/rules.yml and thresholds.yml)",
+    )
+    parser.add_argument("--step", default="1h", metavar="DURATION", help="evaluation step (1h)")
+    parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument(
+        "--prometheus.url",
+        dest="prometheus_url",
+        metavar="URL",
+        help="query this Prometheus, which already holds the series, instead of starting one",
+    )
+    return parser
+
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -129,6 +167,7 @@ def _subcommands() -> dict[str, tuple[Callable[[], argparse.ArgumentParser], Com
         "check-config": (build_check_parser, check_config),
         "report": (build_report_parser, run_report),
         "backfill": (build_backfill_parser, run_backfill),
+        "backtest": (build_backtest_parser, run_backtest),
     }
 
 
@@ -287,6 +326,59 @@ def run_backfill(args: argparse.Namespace) -> int:
         "<prometheus data dir>\n"
     )
     return EXIT_OK
+
+
+def run_backtest(args: argparse.Namespace) -> int:
+    problem = backtest.check_flags(args)
+    if problem:
+        sys.stderr.write(f"{PROG}: error: {problem}\n")
+        return EXIT_USAGE
+    step = parse_duration(args.step)
+    try:
+        rules = load_rules(args.rules or backtest.shipped_rules())
+        if args.trace:
+            histories = [backtest.trace_history_from_flags(args)]
+        else:
+            loaded = _backtest_fetch(args)
+            if isinstance(loaded, int):
+                return loaded
+            histories = backtest.answer_histories(*loaded)
+        result = backtest.run(
+            histories, rules, step, args.prometheus_url, progress=backtest.stderr_progress
+        )
+    except (RulesError, backtest.TraceError) as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_USAGE
+    except PrometheusError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+    render = backtest.to_json if args.format == "json" else backtest.to_table
+    sys.stdout.write(render(result))
+    return EXIT_OK
+
+
+def _backtest_fetch(
+    args: argparse.Namespace,
+) -> tuple[Config, list[tuple[ProjectConfig, UsageReport]], datetime] | int:
+    """The 90 days of history of every project; the demo's with crossings to judge."""
+    now = datetime.now(UTC)
+    if not args.demo:
+        loaded = _one_shot_fetch(args, _progress_bar)
+        return loaded if isinstance(loaded, int) else (*loaded, now)
+    simulator = Simulator(backtest.demo_projects(now))
+    simulator.start()
+    try:
+        config = backtest.demo_config(_demo_config(simulator))
+        fetched = _fetch_all(config, _progress_bar)
+    finally:
+        simulator.stop()
+    if isinstance(fetched, str):
+        sys.stderr.write(f"{PROG}: error: {fetched}\n")
+        return EXIT_FAILURE
+    return config, fetched, now
 
 
 def _demo_config(simulator: Simulator) -> Config:
