@@ -138,7 +138,8 @@ def firings(
     """
     found = []
     for key, times in present.items():
-        labels = {**dict(key), **rule.labels, "alertname": rule.name}
+        # As in Prometheus: the series' labels without its name, then the rule's labels.
+        labels = {k: v for k, v in key if k != "__name__"} | {**rule.labels, "alertname": rule.name}
         active_at: float | None = None
         firing_since: float | None = None
         keep_since: float | None = None
