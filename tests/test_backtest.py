@@ -1,4 +1,4 @@
-"""`backtest`: one code path with /metrics, Prometheus' own evaluation, judged cycles, bad traces."""
+"""`backtest`: one code path with /metrics, Prometheus' evaluation, judged cycles, bad traces."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def test_for_and_keep_firing_for_agree_with_promtool(tmp_path: Path) -> None:
         )
     )
     grid = [m * 60.0 for m in range(minutes)]
-    present = {
+    present: dict[tuple[tuple[str, str], ...], set[float]] = {
         (("__name__", "bt_signal"), ("which", name)): {m * 60.0 for m, v in enumerate(values) if v}
         for name, values in signals.items()
     }
@@ -357,7 +357,7 @@ def test_prometheus_missing_from_path_exits_1_and_leaves_nothing(
 
 
 def _children(pid: int) -> set[int]:
-    found = set()
+    found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
         text = (task / "children").read_text().split()
         found.update(int(child) for child in text)
