@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench bench-forecast sync-chart dashboards clean
+.PHONY: run test lint typecheck pytest bench bench-forecast bench-alerts sync-chart dashboards clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ bench: $(STAMP)
 
 bench-forecast: $(STAMP)
 	$(BIN)/python -m benchmarks.forecast
+
+bench-alerts: $(STAMP)
+	$(BIN)/python -m benchmarks.alerts_backtest
 
 # The chart cannot read outside its directory: it carries copies that a test keeps equal.
 sync-chart:

@@ -288,7 +288,7 @@ def evaluate(
     grid: Sequence[float],
     progress: Callable[[int, int, str], None] | None = None,
 ) -> list[Firing]:
-    """Every firing of every rule over `grid` (evenly spaced evaluation times, seconds)."""
+    """Every firing of every rule over `grid`: evaluation times `step` apart, step = grid gap."""
     if not grid:
         return []
     step = grid[1] - grid[0] if len(grid) > 1 else 60.0

@@ -46,7 +46,7 @@ EVENTS = ("cap", "budget", "spending_limit")
 
 
 class TraceError(ExporterError):
-    """A --trace file is malformed; the message names the file and line (exit 2)."""
+    """A --trace file is malformed, or too short; the message names the file and line (exit 2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,8 +436,14 @@ def run(
             return None
         return lambda done, total, item: progress(name, done, total, item)
 
+    histories = [history for history in histories if step_times(history, step)]
+    if not histories:
+        raise TraceError("no billing cycle starts within the history: nothing to replay")
     replays = replay(histories, step, alert_metric_names(rules), workers, stage("replay"))
-    grid = sorted({point.at for replayed in replays for point in replayed.points})
+    times = [point.at for replayed in replays for point in replayed.points]
+    # Every step from the first to the last replayed instant, also where no project has data,
+    # so that an alert resolves one step after its series ends.
+    grid = [min(times) + k * step for k in range(round((max(times) - min(times)) / step) + 1)]
     if prometheus_url is not None:
         fired = evaluate(prometheus_url, rules, grid, stage("evaluate"))
     else:
@@ -628,8 +634,8 @@ def check_flags(args: Any) -> str | None:
         step = parse_duration(args.step)
     except ValueError as exc:
         return f"--step: {exc}"
-    if not 60 <= step <= DAY:
-        return "--step: must be between 1m and 1d"
+    if not 60 <= step <= DAY or DAY % step:
+        return "--step: must be between 1m and 1d and divide a day (replays start at midnight)"
     if args.cap is not None and args.cap <= 0:
         return "--cap: must be a whole number > 0"
     if not 1 <= args.reset_day <= 31:
