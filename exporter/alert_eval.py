@@ -25,6 +25,7 @@ from exporter.errors import ExporterError
 # Prometheus answers at most 11,000 points per series and query; stay well below.
 MAX_POINTS_PER_QUERY = 10_000
 READY_TIMEOUT = 120.0
+MAX_BLOCK_HOURS = 24 * 366 * 4
 QUERY_TIMEOUT = 120.0
 
 
@@ -248,7 +249,8 @@ def build_tsdb(series: list[backfill.Series], data: Path, workdir: Path) -> None
                 "tsdb",
                 "create-blocks-from",
                 "openmetrics",
-                "--max-block-duration=720h",
+                # promtool reads the whole file once per block range: few, long blocks.
+                f"--max-block-duration={MAX_BLOCK_HOURS}h",
                 str(text),
                 str(data),
             ],

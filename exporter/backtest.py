@@ -345,10 +345,21 @@ def _assemble(history: History, steps: list[tuple[Point, list[Sample]]]) -> Repl
     )
 
 
-def scrape_target(replays: Sequence[Replayed]) -> backfill.Series:
-    """`up` of the exporter's target at every replayed step: the replay assumes it was scraped."""
-    times = sorted({point.at for replayed in replays for point in replayed.points})
-    return backfill.Series("up", {"job": JOB, "instance": INSTANCE}, tuple((t, 1.0) for t in times))
+def merged_series(replays: Sequence[Replayed]) -> list[backfill.Series]:
+    """All replayed series, with `up` of the exporter's target at every step (the replay assumes
+    it was scraped). A series without a project label (the exporter's own, such as its config
+    reload state) is one series across the projects, its samples merged."""
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], dict[float, float]] = {}
+    for replayed in replays:
+        for item in replayed.series:
+            key = (item.name, tuple(sorted(item.labels.items())))
+            samples.setdefault(key, {}).update(item.samples)
+    up = {point.at: 1.0 for replayed in replays for point in replayed.points}
+    samples[("up", (("instance", INSTANCE), ("job", JOB)))] = up
+    return [
+        backfill.Series(name, dict(labels), tuple(sorted(values.items())))
+        for (name, labels), values in sorted(samples.items())
+    ]
 
 
 # --- Judging -------------------------------------------------------------------------------------
@@ -447,8 +458,7 @@ def run(
     if prometheus_url is not None:
         fired = evaluate(prometheus_url, rules, grid, stage("evaluate"))
     else:
-        series = [item for replayed in replays for item in replayed.series]
-        series.append(scrape_target(replays))
+        series = merged_series(replays)
         if progress is not None:
             progress("tsdb", 0, 1, f"{sum(len(s.samples) for s in series)} samples")
         # Lookback just under a step: each evaluation sees that step's sample and no older one.
