@@ -230,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--real-every", type=int, default=2, help="every n-th real cycle (2)")
     parser.add_argument("--step", default="6h", help="evaluation step (6h)")
     parser.add_argument("--rules", nargs="+", type=Path, default=backtest.shipped_rules())
+    parser.add_argument("--json", type=Path, help="also write every judged cycle here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     step = parse_duration(args.step)
@@ -246,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = backtest.run(
         histories, load_rules(args.rules), step, progress=backtest.stderr_progress
     )
+    if args.json:
+        args.json.write_text(backtest.to_json(result), encoding="utf-8")
     groups: dict[str, dict[str, Tally]] = {}
     group_of = {t.name: t.group for t in traces}
     for cycle in result.cycles:

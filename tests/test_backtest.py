@@ -20,6 +20,7 @@ from exporter import backtest
 from exporter.alert_eval import AlertRule, firings, load_rules
 from exporter.cli import main
 from exporter.client import XApiClient, fetch_usage
+from exporter.simulator import Simulator
 from tests.conftest import free_port, require_tool
 from tests.harness import FakeClock, running, sim_project
 
@@ -272,6 +273,36 @@ def test_backtest_demo_shows_a_paged_cap_crossing_with_its_lead(
     assert list(clean_tmp.iterdir()) == []
 
 
+def test_backtest_config_file_uses_the_projects_history_and_budgets(
+    tmp_path: Path, clean_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    require_tool("promtool")
+    require_tool("prometheus")
+    project = sim_project("7002", "token-backtest-bbbbbbbbbbbbbb", cap_reset_day=5)
+    simulator = Simulator([project], clock=FakeClock(datetime.now(UTC)))
+    simulator.start()
+    try:
+        (tmp_path / "token").write_text(project.token)
+        config = tmp_path / "config.yml"
+        config.write_text(
+            f"api_base_url: {simulator.url}\n"
+            "projects: [{name: prod, bearer_token_file: token, budget_usd: 2500}]\n"
+        )
+        code = main(["backtest", "--config.file", str(config), "--step", "1d", "--format", "json"])
+    finally:
+        simulator.stop()
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    cycles = json.loads(captured.out)["cycles"]
+    # 90 days of history hold two whole cycles and the running one, each from the 5th.
+    assert [c["start"][8:10] for c in cycles] == ["05", "05", "05"]
+    assert [c["complete"] for c in cycles] == [True, True, False]
+    assert {(c["project"], c["budget_usd"], c["cap"]) for c in cycles} == {
+        ("prod", 2500.0, project.cap)
+    }
+    assert list(clean_tmp.iterdir()) == []
+
+
 # --- refusals and failures ---------------------------------------------------------------------
 
 
@@ -296,6 +327,14 @@ def test_a_malformed_trace_is_refused_with_its_line_number(
     err = capsys.readouterr().err
     assert f"{trace}:{line}: " in err and message in err, err
     assert "Traceback" not in err
+
+
+def test_a_trace_longer_than_its_bound_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = _write_trace(tmp_path / "long.csv", date(2020, 1, 1), [1] * 800)
+    assert main(["backtest", "--trace", str(trace)]) == 2
+    assert f"{trace}:733: more than 731 days" in capsys.readouterr().err
 
 
 def test_a_trace_with_apps_sums_them_per_day(tmp_path: Path) -> None:
@@ -372,7 +411,18 @@ def test_ctrl_c_stops_prometheus_and_removes_the_tsdb(tmp_path: Path) -> None:
     trace = _write_trace(tmp_path / "t.csv", date(2026, 1, 1), [1000] * 40)
     env = dict(os.environ, TMPDIR=str(scratch))
     process = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "backtest", "--trace", str(trace), "--cap", "30000"],
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "backtest",
+            "--trace",
+            str(trace),
+            "--cap",
+            "30000",
+            "--step",
+            "6h",
+        ],
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
