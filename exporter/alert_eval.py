@@ -178,8 +178,18 @@ class PrometheusServer:
         self.log = workdir / "prometheus.log"
         port = _free_port()
         self.url = f"http://127.0.0.1:{port}"
+        # Ctrl-C waits until the child is ours to stop: an interrupt inside Popen would orphan it.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.process = self._start(binary, config, data, port, lookback)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _start(
+        self, binary: str, config: Path, data: Path, port: int, lookback: float
+    ) -> subprocess.Popen[bytes]:
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
+            return subprocess.Popen(
                 [
                     binary,
                     f"--config.file={config}",
