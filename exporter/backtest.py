@@ -23,7 +23,14 @@ from exporter.config import CapResetDayMeans, Config, ProjectConfig, TokenSource
 from exporter.errors import ExporterError
 from exporter.parse import UsageReport
 from exporter.simulator import SimProject
-from exporter.snapshot import ConfigStatus, PollStatus, ProjectState, Store, build_usage
+from exporter.snapshot import (
+    ConfigStatus,
+    PollStatus,
+    ProjectState,
+    Store,
+    UsageSnapshot,
+    build_usage,
+)
 
 DAY = 86400.0
 MAX_TRACE_BYTES = 4 * 1024 * 1024
@@ -222,7 +229,7 @@ def answer_at(history: History, at: datetime) -> UsageReport:
     )
 
 
-def exposition_at(history: History, at: datetime) -> tuple[UsageCollector, ProjectState]:
+def exposition_at(history: History, at: datetime) -> tuple[UsageCollector, UsageSnapshot]:
     """The collector serving /metrics at `at`, over the snapshot the poller would have built."""
     usage = build_usage(
         answer_at(history, at), now=at, means=history.means, post_read_usd=history.post_read_usd
@@ -233,7 +240,7 @@ def exposition_at(history: History, at: datetime) -> tuple[UsageCollector, Proje
     state = ProjectState(history.project, usage=usage, status=status)
     store = Store(ConfigStatus(300.0, True, at.timestamp()))
     store.put(state)
-    return UsageCollector(store, clock=lambda: at), state
+    return UsageCollector(store, clock=lambda: at), usage
 
 
 Sample = tuple[str, tuple[tuple[str, str], ...], float]
@@ -245,9 +252,7 @@ def _replay_steps(
     out = []
     for at_seconds in times:
         at = datetime.fromtimestamp(at_seconds, UTC)
-        collector, state = exposition_at(history, at)
-        usage = state.usage
-        assert usage is not None
+        collector, usage = exposition_at(history, at)
         samples = [
             (sample.name, tuple(sorted(sample.labels.items())), float(sample.value))
             for family in collector.collect()
