@@ -12,13 +12,13 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 from benchmarks.traces import PATTERNS, make_case
-from exporter import backtest, billing
+from exporter import backtest, backtest_render, backtest_sources, billing
 from exporter.alert_eval import load_rules
-from exporter.backtest import DAY, CycleResult, History
+from exporter.backtest import DAY, CycleResult, History, midnight
 from exporter.config import CapResetDayMeans, parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,12 +53,8 @@ class Trace:
     variant: int
 
 
-def _midnight(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
 def _cycle_end(start: date) -> date:
-    return billing.cycle_for(_midnight(start), start.day, CapResetDayMeans.DAY_OF_MONTH).end.date()
+    return billing.cycle_for(midnight(start), start.day, CapResetDayMeans.DAY_OF_MONTH).end.date()
 
 
 def synthetic(pattern: str, seed: int) -> Trace:
@@ -137,7 +133,7 @@ def history(trace: Trace) -> History:
     cap = round(target("cap", 0))
     budget = target("budget", 2) * PRICE
     limit = target("spending_limit", 4) * PRICE
-    history_trace = backtest.trace_history(
+    history_trace = backtest_sources.trace_history(
         trace.daily,
         {},
         cap=cap,
@@ -150,9 +146,9 @@ def history(trace: Trace) -> History:
     return History(
         history_trace.project,
         history_trace.report,
-        observed_until=_midnight(max(trace.daily) + timedelta(days=1)),
+        observed_until=midnight(max(trace.daily) + timedelta(days=1)),
         post_read_usd=PRICE,
-        start=_midnight(trace.cycle_start),
+        start=midnight(trace.cycle_start),
     )
 
 
@@ -229,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=4, help="cycles per synthetic pattern (4)")
     parser.add_argument("--real-every", type=int, default=2, help="every n-th real cycle (2)")
     parser.add_argument("--step", default="6h", help="evaluation step (6h)")
-    parser.add_argument("--rules", nargs="+", type=Path, default=backtest.shipped_rules())
+    parser.add_argument("--rules", nargs="+", type=Path, default=backtest_sources.shipped_rules())
     parser.add_argument("--json", type=Path, help="also write every judged cycle here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -245,10 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     traces += real
     histories = [history(t) for t in traces]
     result = backtest.run(
-        histories, load_rules(args.rules), step, progress=backtest.stderr_progress
+        histories, load_rules(args.rules), step, progress=backtest_render.stderr_progress
     )
     if args.json:
-        args.json.write_text(backtest.to_json(result), encoding="utf-8")
+        args.json.write_text(backtest_render.to_json(result), encoding="utf-8")
     groups: dict[str, dict[str, Tally]] = {}
     group_of = {t.name: t.group for t in traces}
     for cycle in result.cycles:

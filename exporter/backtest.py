@@ -1,28 +1,21 @@
-"""The `backtest` command: replay history through the exporter's code, judge the alerts' pages."""
+"""Backtest core: replay history through the exporter's code, evaluate the rules, judge cycles."""
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import signal
-import statistics
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
-from exporter import backfill, billing, simulator
+from exporter import backfill
 from exporter.alert_eval import AlertRule, Firing, alert_metric_names, evaluate, prometheus_over
 from exporter.collector import UsageCollector
-from exporter.config import CapResetDayMeans, Config, ProjectConfig, TokenSource, parse_duration
+from exporter.config import CapResetDayMeans, ProjectConfig
 from exporter.errors import ExporterError
 from exporter.parse import UsageReport
-from exporter.simulator import SimProject
 from exporter.snapshot import (
     ConfigStatus,
     PollStatus,
@@ -33,9 +26,6 @@ from exporter.snapshot import (
 )
 
 DAY = 86400.0
-MAX_TRACE_BYTES = 4 * 1024 * 1024
-MAX_TRACE_DAYS = 731
-MAX_APP_ID_LENGTH = 64
 LEAD_GOAL = 3 * DAY  # a page this long before its event counts as "paged ahead"
 JOB = "x-usage-exporter"
 INSTANCE = "backtest"
@@ -112,7 +102,7 @@ class CycleResult:
     firings: tuple[JudgedFiring, ...] = ()
 
     def target(self, event: str) -> float | None:
-        """The event's threshold in Posts (money divided by the price)."""
+        """The event's target: Posts for the cap, USD for the budget and the spending limit."""
         return {
             "cap": self.cap,
             "budget": self.budget_usd,
@@ -136,67 +126,10 @@ class Backtest:
     unattributed: tuple[Firing, ...] = field(default=())  # firings without a replayed project
 
 
-# --- Trace files ---------------------------------------------------------------------------------
-
-
-def read_trace(path: Path) -> tuple[dict[date, int], dict[str, dict[date, int]]]:
-    """Posts per UTC day, and per App when the trace has an app_id column.
-
-    Format: CSV rows `date,posts[,app_id]` (`2026-01-31,41250`), an optional header row naming
-    those columns, `#` comment lines. One row per day, or per day and App.
-    """
-    try:
-        if path.stat().st_size > MAX_TRACE_BYTES:
-            raise TraceError(f"{path}: larger than {MAX_TRACE_BYTES // 1024 // 1024} MiB")
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TraceError(f"{path}: cannot read: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise TraceError(f"{path}: not UTF-8 text") from None
-    daily: dict[date, int] = {}
-    apps: dict[str, dict[date, int]] = {}
-    without_app: set[date] = set()
-    for number, row in enumerate(csv.reader(text.splitlines()), start=1):
-        where = f"{path}:{number}"
-        if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
-            continue
-        cells = [cell.strip() for cell in row]
-        if number == 1 and cells[0].lower() == "date":
-            if cells[1:] not in (["posts"], ["posts", "app_id"]):
-                raise TraceError(f"{where}: header must be date,posts or date,posts,app_id")
-            continue
-        if len(cells) not in (2, 3):
-            raise TraceError(f"{where}: expected date,posts[,app_id], got {len(cells)} fields")
-        try:
-            day = date.fromisoformat(cells[0])
-        except ValueError:
-            raise TraceError(f"{where}: date {cells[0]!r} is not YYYY-MM-DD") from None
-        if not cells[1].isdigit():
-            raise TraceError(f"{where}: posts {cells[1]!r} is not a whole number >= 0")
-        posts = int(cells[1])
-        app = cells[2] if len(cells) == 3 else ""
-        if len(app) > MAX_APP_ID_LENGTH:
-            raise TraceError(f"{where}: app_id longer than {MAX_APP_ID_LENGTH} characters")
-        if app:
-            if day in apps.setdefault(app, {}) or day in without_app:
-                raise TraceError(f"{where}: second row for {day} and app {app}")
-            apps[app][day] = posts
-        else:
-            if day in daily:
-                raise TraceError(f"{where}: second row for {day}")
-            without_app.add(day)
-        daily[day] = daily.get(day, 0) + posts
-        if len(daily) > MAX_TRACE_DAYS:
-            raise TraceError(f"{where}: more than {MAX_TRACE_DAYS} days")
-    if not daily:
-        raise TraceError(f"{path}: no rows of date,posts")
-    return daily, apps
-
-
 # --- Replay --------------------------------------------------------------------------------------
 
 
-def _midnight(day: date) -> datetime:
+def midnight(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
@@ -213,8 +146,8 @@ def answer_at(history: History, at: datetime) -> UsageReport:
     def upto(days: Mapping[date, int]) -> dict[date, int]:
         seen = {day: n for day, n in days.items() if oldest <= day < today}
         if today in days:
-            whole = (newest - _midnight(today)).total_seconds() if newest.date() == today else DAY
-            share = min((at - _midnight(today)).total_seconds() / max(whole, 1.0), 1.0)
+            whole = (newest - midnight(today)).total_seconds() if newest.date() == today else DAY
+            share = min((at - midnight(today)).total_seconds() / max(whole, 1.0), 1.0)
             seen[today] = round(days[today] * share)
         return seen
 
@@ -276,7 +209,7 @@ def replay_start(history: History) -> datetime:
     if history.start is not None:
         return history.start
     first = min(history.report.daily)
-    at = _midnight(first)
+    at = midnight(first)
     usage = build_usage(
         answer_at(history, at), now=at, means=history.means, post_read_usd=history.post_read_usd
     )
@@ -471,258 +404,3 @@ def run(
             fired = evaluate(url, rules, grid, stage("evaluate"))
     cycles, others = judge(histories, replays, fired)
     return Backtest(step, tuple(cycles), tuple(others))
-
-
-# --- Output --------------------------------------------------------------------------------------
-
-
-def _iso(at: datetime | float | None) -> str | None:
-    if at is None:
-        return None
-    if isinstance(at, float | int):
-        at = datetime.fromtimestamp(at, UTC)
-    return at.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def summary(result: Backtest) -> dict[str, Any]:
-    """Per event: cycles that reached it, how many were paged >= 3 days ahead, median lead."""
-    out: dict[str, Any] = {"cycles": len(result.cycles)}
-    for event in EVENTS:
-        crossed = [c for c in result.cycles if c.reached[event] is not None]
-        leads = [c.first_lead(event) for c in crossed]
-        known = [lead for lead in leads if lead is not None]
-        out[event] = {
-            "reached": len(crossed),
-            "paged_3d_ahead": sum(1 for lead in known if lead >= LEAD_GOAL),
-            "paged_before": sum(1 for lead in known if lead > 0),
-            "median_lead_seconds": statistics.median(known) if known else None,
-        }
-    out["false_pages"] = sum(1 for c in result.cycles for j in c.firings if j.false_page)
-    return out
-
-
-def to_json(result: Backtest) -> str:
-    cycles = []
-    for cycle in result.cycles:
-        cycles.append(
-            {
-                "project": cycle.project,
-                "project_id": cycle.project_id,
-                "start": _iso(cycle.start),
-                "end": _iso(cycle.end),
-                "complete": cycle.complete,
-                "posts": cycle.posts,
-                "cap": cycle.cap,
-                "budget_usd": cycle.budget_usd,
-                "spending_limit_usd": cycle.spending_limit_usd,
-                "cap_reached_at": _iso(cycle.reached["cap"]),
-                "budget_reached_at": _iso(cycle.reached["budget"]),
-                "spending_limit_reached_at": _iso(cycle.reached["spending_limit"]),
-                "firings": [_firing_json(judged) for judged in cycle.firings],
-            }
-        )
-    document = {
-        "step_seconds": result.step,
-        "cycles": cycles,
-        "other_firings": [
-            _firing_json(JudgedFiring(f, None, None, None)) for f in result.unattributed
-        ],
-        "summary": summary(result),
-    }
-    return json.dumps(document, indent=2) + "\n"
-
-
-def _firing_json(judged: JudgedFiring) -> dict[str, Any]:
-    firing = judged.firing
-    labels = {k: v for k, v in firing.labels.items() if k != "alertname"}
-    return {
-        "alert": firing.alert,
-        "severity": labels.get("severity"),
-        "labels": labels,
-        "start": _iso(firing.start),
-        "end": _iso(firing.end),
-        "event": judged.event,
-        "lead_seconds": judged.lead_seconds,
-        "false_page": judged.false_page,
-    }
-
-
-def _days(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds / DAY:+.1f}d"
-
-
-def _short(at: datetime | float | None) -> str:
-    text = _iso(at)
-    return "-" if text is None else text[:16].replace("T", " ")
-
-
-def to_table(result: Backtest) -> str:
-    lines = []
-    for cycle in result.cycles:
-        state = "" if cycle.complete else " (in progress)"
-        cap = f"{cycle.posts:,}/{cycle.cap:,} Posts" if cycle.cap else f"{cycle.posts:,} Posts"
-        lines.append(
-            f"{cycle.project}  cycle {cycle.start:%Y-%m-%d} to {cycle.end:%Y-%m-%d}{state}  {cap}"
-        )
-        for event in EVENTS:
-            target = cycle.target(event)
-            if target is None:
-                continue
-            at = cycle.reached[event]
-            lines.append(f"  {event:<15} {'reached ' + _short(at) if at else 'not reached'}")
-        for judged in cycle.firings:
-            firing = judged.firing
-            verdict = "FALSE PAGE" if judged.false_page else ""
-            if judged.lead_seconds is not None:
-                verdict = f"lead {_days(judged.lead_seconds)} before {judged.event}"
-            lines.append(
-                f"  {firing.alert:<32} {firing.labels.get('severity', ''):<8} "
-                f"{_short(firing.start)} .. {_short(firing.end) if firing.end else 'still firing'}"
-                f"  {verdict}".rstrip()
-            )
-        if not cycle.firings:
-            lines.append("  no alert fired")
-        lines.append("")
-    for firing in result.unattributed:
-        lines.append(f"other: {firing.alert} {_short(firing.start)} .. {_short(firing.end)}")
-    totals = summary(result)
-    lines.append(f"{totals['cycles']} cycle(s), {totals['false_pages']} false page(s)")
-    for event in EVENTS:
-        item = totals[event]
-        if item["reached"]:
-            lines.append(
-                f"{event}: reached in {item['reached']} cycle(s), paged >= 3 days ahead in "
-                f"{item['paged_3d_ahead']}, median lead {_days(item['median_lead_seconds'])}"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def trace_history(
-    daily: dict[date, int],
-    apps: dict[str, dict[date, int]],
-    *,
-    cap: int | None,
-    reset_day: int,
-    budget_usd: float | None,
-    spending_limit_usd: float | None,
-    post_read_usd: float,
-    name: str = "trace",
-) -> History:
-    """A hand-written trace as a history: its last day complete, its cap and prices as given."""
-    last = max(daily)
-    report = UsageReport(
-        project_id=name,
-        cap=cap,
-        cap_reset_day=reset_day,
-        project_usage=None,
-        daily=daily,
-        apps=apps,
-    )
-    project = ProjectConfig(name, TokenSource(env="X_BEARER_TOKEN"), budget_usd, spending_limit_usd)
-    return History(
-        project,
-        report,
-        observed_until=_midnight(last + timedelta(days=1)),
-        post_read_usd=post_read_usd,
-        history_days=90,
-    )
-
-
-# --- Sources -------------------------------------------------------------------------------------
-
-# The demo's production project with a tighter cap and money limits than the live demo, so that
-# its 90 days of history hold crossings to judge (and a narrow miss).
-DEMO_CAP = 2_000_000
-DEMO_BUDGET_USD = 9_000.0
-DEMO_SPENDING_LIMIT_USD = 12_000.0
-TRACE_ONLY_FLAGS = ("cap", "budget_usd", "spending_limit_usd")
-
-
-def check_flags(args: Any) -> str | None:
-    """The first problem with the backtest flags, as one line; None when they are usable."""
-    sources = [bool(args.trace), bool(args.demo), bool(args.config_file)]
-    if sum(sources) > 1:
-        return "--trace, --demo and --config.file exclude each other"
-    if not args.trace and any(getattr(args, flag) is not None for flag in TRACE_ONLY_FLAGS):
-        return "--cap, --budget-usd and --spending-limit-usd go with --trace"
-    try:
-        step = parse_duration(args.step)
-    except ValueError as exc:
-        return f"--step: {exc}"
-    if not 60 <= step <= DAY or DAY % step:
-        return "--step: must be between 1m and 1d and divide a day (replays start at midnight)"
-    if args.cap is not None and args.cap <= 0:
-        return "--cap: must be a whole number > 0"
-    if not 1 <= args.reset_day <= 31:
-        return "--reset-day: must be a day of the month, 1 to 31"
-    for flag in ("budget_usd", "spending_limit_usd", "post_read_usd"):
-        value = getattr(args, flag)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            return f"--{flag.replace('_', '-')}: must be a number > 0"
-    return None
-
-
-def shipped_rules() -> list[Path]:
-    alerts = Path(__file__).resolve().parent.parent / "alerts"
-    return [alerts / "rules.yml", alerts / "thresholds.yml"]
-
-
-def trace_history_from_flags(args: Any) -> History:
-    path = Path(args.trace)
-    daily, apps = read_trace(path)
-    return trace_history(
-        daily,
-        apps,
-        cap=args.cap,
-        reset_day=args.reset_day,
-        budget_usd=args.budget_usd,
-        spending_limit_usd=args.spending_limit_usd,
-        post_read_usd=args.post_read_usd,
-        name=path.stem or "trace",
-    )
-
-
-def answer_histories(
-    config: Config, fetched: Sequence[tuple[ProjectConfig, UsageReport]], now: datetime
-) -> list[History]:
-    """One history per configured project, from its usage answer taken at `now`.
-
-    Past cycles are replayed with today's cap and prices: the answer holds no older ones.
-    """
-    histories = []
-    for project, report in fetched:
-        if not report.daily:
-            continue
-        # Replayed instants lie in the past: the reset day is pinned to a day of the month.
-        reset_day = billing.reset_day_of_month(
-            report.cap_reset_day, config.cap_reset_day_means, now
-        )
-        histories.append(
-            History(
-                project,
-                replace(report, cap_reset_day=reset_day),
-                observed_until=now,
-                post_read_usd=config.pricing.post_read_usd,
-                history_days=config.history_days,
-            )
-        )
-    return histories
-
-
-def demo_projects(now: datetime) -> list[SimProject]:
-    return [replace(project, cap=DEMO_CAP) for project in simulator.demo_projects(now)]
-
-
-def demo_config(config: Config) -> Config:
-    first, *others = config.projects
-    production = replace(
-        first, budget_usd=DEMO_BUDGET_USD, spending_limit_usd=DEMO_SPENDING_LIMIT_USD
-    )
-    return replace(config, projects=(production, *others))
-
-
-def stderr_progress(stage: str, done: int, total: int, item: str) -> None:
-    """A line per tenth of each stage on stderr (stdout carries the result)."""
-    if done == total or done % max(total // 10, 1) == 0:
-        sys.stderr.write(f"backtest: {stage} {done}/{total} {item}".rstrip() + "\n")
-        sys.stderr.flush()

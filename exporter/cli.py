@@ -17,7 +17,16 @@ from typing import NoReturn
 
 from prometheus_client import CollectorRegistry
 
-from exporter import __version__, backfill, backtest, logs, report, webconfig
+from exporter import (
+    __version__,
+    backfill,
+    backtest,
+    backtest_render,
+    backtest_sources,
+    logs,
+    report,
+    webconfig,
+)
 from exporter.alert_eval import PrometheusError, RulesError, load_rules
 from exporter.client import XApiClient, fetch_usage, read_token
 from exporter.collector import UsageCollector
@@ -329,22 +338,22 @@ def run_backfill(args: argparse.Namespace) -> int:
 
 
 def run_backtest(args: argparse.Namespace) -> int:
-    problem = backtest.check_flags(args)
+    problem = backtest_sources.check_flags(args)
     if problem:
         sys.stderr.write(f"{PROG}: error: {problem}\n")
         return EXIT_USAGE
     step = parse_duration(args.step)
     try:
-        rules = load_rules(args.rules or backtest.shipped_rules())
+        rules = load_rules(args.rules or backtest_sources.shipped_rules())
         if args.trace:
-            histories = [backtest.trace_history_from_flags(args)]
+            histories = [backtest_sources.trace_history_from_flags(args)]
         else:
             loaded = _backtest_fetch(args)
             if isinstance(loaded, int):
                 return loaded
-            histories = backtest.answer_histories(*loaded)
+            histories = backtest_sources.answer_histories(*loaded)
         result = backtest.run(
-            histories, rules, step, args.prometheus_url, progress=backtest.stderr_progress
+            histories, rules, step, args.prometheus_url, progress=backtest_render.stderr_progress
         )
     except (RulesError, backtest.TraceError) as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
@@ -355,7 +364,7 @@ def run_backtest(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return 130
-    render = backtest.to_json if args.format == "json" else backtest.to_table
+    render = backtest_render.to_json if args.format == "json" else backtest_render.to_table
     sys.stdout.write(render(result))
     return EXIT_OK
 
@@ -368,10 +377,10 @@ def _backtest_fetch(
     if not args.demo:
         loaded = _one_shot_fetch(args, _progress_bar)
         return loaded if isinstance(loaded, int) else (*loaded, now)
-    simulator = Simulator(backtest.demo_projects(now))
+    simulator = Simulator(backtest_sources.demo_projects(now))
     simulator.start()
     try:
-        config = backtest.demo_config(_demo_config(simulator))
+        config = backtest_sources.demo_config(_demo_config(simulator))
         fetched = _fetch_all(config, _progress_bar)
     finally:
         simulator.stop()

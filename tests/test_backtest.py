@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exporter import backtest
+from exporter import backtest, backtest_sources
 from exporter.alert_eval import AlertRule, firings, load_rules
 from exporter.cli import main
 from exporter.client import XApiClient, fetch_usage
@@ -334,7 +334,7 @@ def test_a_trace_longer_than_its_bound_is_refused(
 def test_a_trace_with_apps_sums_them_per_day(tmp_path: Path) -> None:
     trace = tmp_path / "apps.csv"
     trace.write_text("# by App\n2026-01-01,10,a\n2026-01-01,5,b\n2026-01-02,7,a\n")
-    daily, apps = backtest.read_trace(trace)
+    daily, apps = backtest_sources.read_trace(trace)
     assert daily == {date(2026, 1, 1): 15, date(2026, 1, 2): 7}
     assert apps == {"a": {date(2026, 1, 1): 10, date(2026, 1, 2): 7}, "b": {date(2026, 1, 1): 5}}
 
