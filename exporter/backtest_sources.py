@@ -187,11 +187,13 @@ def answer_histories(
     return histories
 
 
-def demo_projects(now: datetime) -> list[SimProject]:
+def demo_with_crossings(now: datetime) -> list[SimProject]:
+    """The simulator's demo projects with the backtest demo's cap."""
     return [replace(project, cap=DEMO_CAP) for project in simulator.demo_projects(now)]
 
 
-def demo_config(config: Config) -> Config:
+def demo_targets(config: Config) -> Config:
+    """The demo config with the backtest demo's budget and spending limit on production."""
     first, *others = config.projects
     production = replace(
         first, budget_usd=DEMO_BUDGET_USD, spending_limit_usd=DEMO_SPENDING_LIMIT_USD

@@ -17,17 +17,19 @@ from typing import NoReturn
 
 from prometheus_client import CollectorRegistry
 
-from exporter import (
-    __version__,
-    backfill,
-    backtest,
-    backtest_render,
-    backtest_sources,
-    logs,
-    report,
-    webconfig,
-)
+from exporter import __version__, backfill, logs, report, webconfig
 from exporter.alert_eval import PrometheusError, RulesError, load_rules
+from exporter.backtest import TraceError
+from exporter.backtest import run as backtest_run
+from exporter.backtest_render import stderr_progress, to_json, to_table
+from exporter.backtest_sources import (
+    answer_histories,
+    check_flags,
+    demo_targets,
+    demo_with_crossings,
+    shipped_rules,
+    trace_history_from_flags,
+)
 from exporter.client import XApiClient, fetch_usage, read_token
 from exporter.collector import UsageCollector
 from exporter.config import Config, ProjectConfig, TokenSource, load_config, parse_duration
@@ -338,24 +340,22 @@ def run_backfill(args: argparse.Namespace) -> int:
 
 
 def run_backtest(args: argparse.Namespace) -> int:
-    problem = backtest_sources.check_flags(args)
+    problem = check_flags(args)
     if problem:
         sys.stderr.write(f"{PROG}: error: {problem}\n")
         return EXIT_USAGE
     step = parse_duration(args.step)
     try:
-        rules = load_rules(args.rules or backtest_sources.shipped_rules())
+        rules = load_rules(args.rules or shipped_rules())
         if args.trace:
-            histories = [backtest_sources.trace_history_from_flags(args)]
+            histories = [trace_history_from_flags(args)]
         else:
             loaded = _backtest_fetch(args)
             if isinstance(loaded, int):
                 return loaded
-            histories = backtest_sources.answer_histories(*loaded)
-        result = backtest.run(
-            histories, rules, step, args.prometheus_url, progress=backtest_render.stderr_progress
-        )
-    except (RulesError, backtest.TraceError) as exc:
+            histories = answer_histories(*loaded)
+        result = backtest_run(histories, rules, step, args.prometheus_url, progress=stderr_progress)
+    except (RulesError, TraceError) as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
         return EXIT_USAGE
     except PrometheusError as exc:
@@ -364,7 +364,7 @@ def run_backtest(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG}: interrupted\n")
         return 130
-    render = backtest_render.to_json if args.format == "json" else backtest_render.to_table
+    render = to_json if args.format == "json" else to_table
     sys.stdout.write(render(result))
     return EXIT_OK
 
@@ -377,10 +377,10 @@ def _backtest_fetch(
     if not args.demo:
         loaded = _one_shot_fetch(args, _progress_bar)
         return loaded if isinstance(loaded, int) else (*loaded, now)
-    simulator = Simulator(backtest_sources.demo_projects(now))
+    simulator = Simulator(demo_with_crossings(now))
     simulator.start()
     try:
-        config = backtest_sources.demo_config(_demo_config(simulator))
+        config = demo_targets(_demo_config(simulator))
         fetched = _fetch_all(config, _progress_bar)
     finally:
         simulator.stop()
