@@ -398,12 +398,22 @@ def _children(pid: int) -> set[int]:
 
 
 def test_ctrl_c_stops_prometheus_and_removes_the_tsdb(tmp_path: Path) -> None:
-    require_tool("promtool")
-    require_tool("prometheus")
+    """Ctrl-C while the backtest waits for its Prometheus: the child is stopped, the TSDB gone.
+
+    The `prometheus` on PATH here never gets ready (it only sleeps), so the interrupt surely
+    comes while the child runs and the TSDB that the real promtool built is on disk.
+    """
+    promtool = require_tool("promtool")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "promtool").symlink_to(promtool)
+    never_ready = bin_dir / "prometheus"
+    never_ready.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(600)\n")
+    never_ready.chmod(0o755)
     trace = _write_trace(tmp_path / "t.csv", date(2026, 1, 1), [1000] * 40)
-    env = dict(os.environ, TMPDIR=str(scratch))
+    env = dict(os.environ, TMPDIR=str(scratch), PATH=f"{bin_dir}:{os.environ['PATH']}")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -431,11 +441,11 @@ def test_ctrl_c_stops_prometheus_and_removes_the_tsdb(tmp_path: Path) -> None:
                     cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
                 except OSError:
                     continue
-                if cmdline.split(b"\0")[0].endswith(b"prometheus"):
+                if str(never_ready).encode() in cmdline.split(b"\0"):
                     prometheus = child
             time.sleep(0.05)
         assert prometheus is not None, "prometheus never started"
-        assert any(scratch.iterdir())
+        assert list(scratch.glob("x-usage-backtest-*/data/*"))  # the TSDB blocks
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)
     finally:
