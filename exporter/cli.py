@@ -18,6 +18,18 @@ from typing import NoReturn
 from prometheus_client import CollectorRegistry
 
 from exporter import __version__, backfill, logs, report, webconfig
+from exporter.alert_eval import PrometheusError, RulesError, load_rules
+from exporter.backtest import TraceError
+from exporter.backtest import run as backtest_run
+from exporter.backtest_render import stderr_progress, to_json, to_table
+from exporter.backtest_sources import (
+    answer_histories,
+    check_flags,
+    demo_targets,
+    demo_with_crossings,
+    shipped_rules,
+    trace_history_from_flags,
+)
 from exporter.client import XApiClient, fetch_usage, read_token
 from exporter.collector import UsageCollector
 from exporter.config import Config, ProjectConfig, TokenSource, load_config, parse_duration
@@ -136,6 +148,43 @@ def build_backfill_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def build_backtest_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=f"{PROG} backtest",
+        description="Replay the daily history through the forecast and the alert rules, "
+        "evaluated by Prometheus: when each alert would have fired, how early, false pages.",
+    )
+    _add_source_flags(parser)
+    parser.add_argument(
+        "--trace", metavar="FILE.csv", help="daily history as CSV rows date,posts[,app_id]"
+    )
+    parser.add_argument("--cap", type=int, help="with --trace: the monthly Post cap")
+    parser.add_argument(
+        "--reset-day", type=int, default=1, help="with --trace: day of month the cap resets (1)"
+    )
+    parser.add_argument("--budget-usd", type=float, help="with --trace: monthly budget")
+    parser.add_argument("--spending-limit-usd", type=float, help="with --trace: spending limit")
+    parser.add_argument(
+        "--post-read-usd", type=float, default=0.005, help="with --trace: price per Post read"
+    )
+    parser.add_argument(
+        "--rules",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="rule files to judge (default: the shipped alerts/rules.yml and thresholds.yml)",
+    )
+    parser.add_argument("--step", default="1h", metavar="DURATION", help="evaluation step (1h)")
+    parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument(
+        "--prometheus.url",
+        dest="prometheus_url",
+        metavar="URL",
+        help="query this Prometheus, which already holds the series, instead of starting one",
+    )
+    return parser
+
+
 Command = Callable[[argparse.Namespace], int]
 
 
@@ -144,6 +193,7 @@ def _subcommands() -> dict[str, tuple[Callable[[], argparse.ArgumentParser], Com
         "check-config": (build_check_parser, check_config),
         "report": (build_report_parser, run_report),
         "backfill": (build_backfill_parser, run_backfill),
+        "backtest": (build_backtest_parser, run_backtest),
     }
 
 
@@ -318,6 +368,57 @@ def run_backfill(args: argparse.Namespace) -> int:
         "<prometheus data dir>\n"
     )
     return code
+
+
+def run_backtest(args: argparse.Namespace) -> int:
+    problem = check_flags(args)
+    if problem:
+        sys.stderr.write(f"{PROG}: error: {problem}\n")
+        return EXIT_USAGE
+    step = parse_duration(args.step)
+    try:
+        rules = load_rules(args.rules or shipped_rules())
+        if args.trace:
+            histories = [trace_history_from_flags(args)]
+        else:
+            loaded = _backtest_fetch(args)
+            if isinstance(loaded, int):
+                return loaded
+            histories = answer_histories(*loaded)
+        result = backtest_run(histories, rules, step, args.prometheus_url, progress=stderr_progress)
+    except (RulesError, TraceError) as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_USAGE
+    except PrometheusError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG}: interrupted\n")
+        return 130
+    render = to_json if args.format == "json" else to_table
+    sys.stdout.write(render(result))
+    return EXIT_OK
+
+
+def _backtest_fetch(
+    args: argparse.Namespace,
+) -> tuple[Config, list[tuple[ProjectConfig, UsageReport]], datetime] | int:
+    """The 90 days of history of every project; the demo's with crossings to judge."""
+    now = datetime.now(UTC)
+    if not args.demo:
+        loaded = _one_shot_fetch(args, _progress_bar)
+        return loaded if isinstance(loaded, int) else (*loaded, now)
+    simulator = Simulator(demo_with_crossings(now))
+    simulator.start()
+    try:
+        config = demo_targets(_demo_config(simulator))
+        fetched = _fetch_all(config, _progress_bar)
+    finally:
+        simulator.stop()
+    if isinstance(fetched, str):
+        sys.stderr.write(f"{PROG}: error: {fetched}\n")
+        return EXIT_FAILURE
+    return config, fetched, now
 
 
 def _demo_config(simulator: Simulator) -> Config:
