@@ -9,6 +9,7 @@ import logging
 import re
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,8 @@ EXTRA_HEADERS: dict[str, tuple[str, ...]] = {
     "X-XSS-Protection": (),
     "Content-Security-Policy": (),
 }
+# bcrypt reads no further (the bcrypt package refuses longer ones): longer is a refusal.
+BCRYPT_MAX_PASSWORD_BYTES = 72
 # What bcrypt.checkpw accepts: a version, a cost of 04 to 31, then 22 salt and 31 hash characters.
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
@@ -97,7 +100,11 @@ class WebConfig:
 
 class _Guard:
     """WSGI middleware: checks basic auth; a verified password is remembered by its SHA-256 so
-    that bcrypt's deliberate slowness is paid once per credential, not once per scrape."""
+    that bcrypt's deliberate slowness is paid once per credential, not once per scrape.
+
+    Under abuse: one bcrypt check runs at a time (wrong passwords cannot take every core from the
+    scrapes), and every refusal lasts as long as the slowest check seen, so that timing tells
+    neither which users exist nor their bcrypt cost."""
 
     def __init__(self, app: WsgiApp, users: Mapping[str, bytes], headers: Mapping[str, str]):
         self._app = app
@@ -105,6 +112,10 @@ class _Guard:
         self._headers = list(headers.items())
         self._verified: set[tuple[str, bytes]] = set()
         self._lock = threading.Lock()
+        self._bcrypt = threading.Lock()
+        self._slowest = 0.0
+        # An unknown user is checked against the costliest hash: never cheaper than a known one.
+        self._decoy = max(users.values(), key=lambda h: h[4:6], default=b"")
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -126,6 +137,15 @@ class _Guard:
         return self._app(environ, respond)
 
     def _authorized(self, header: str) -> bool:
+        started = time.monotonic()
+        if self._check(header):
+            return True
+        delay = self._slowest - (time.monotonic() - started)
+        if delay > 0:
+            time.sleep(delay)
+        return False
+
+    def _check(self, header: str) -> bool:
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
             return False
@@ -133,7 +153,7 @@ class _Guard:
             user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return False
-        if not sep:
+        if not sep or len(password.encode()) > BCRYPT_MAX_PASSWORD_BYTES:
             return False
         known = user in self._users
         key = (user, hashlib.sha256(password.encode()).digest())
@@ -142,14 +162,17 @@ class _Guard:
                 return True
         # An unknown user costs one bcrypt check too, so that timing does not tell which users
         # exist; the decoy hash is a configured one, and the answer is no whatever it says.
-        hashed = self._users[user] if known else next(iter(self._users.values()))
+        hashed = self._users[user] if known else self._decoy
         import bcrypt  # noqa: PLC0415 - an optional dependency, checked at load time
 
-        try:
-            matches = bcrypt.checkpw(password.encode(), hashed)
-        except ValueError:  # a hash that passed load() but that bcrypt cannot read
-            log.error("basic auth: unusable bcrypt hash user=%s", user)
-            return False
+        with self._bcrypt:
+            began = time.monotonic()
+            try:
+                matches = bcrypt.checkpw(password.encode(), hashed)
+            except ValueError:  # a hash that passed load() but that bcrypt cannot read
+                log.error("basic auth: unusable bcrypt hash user=%r", user[:64])
+                return False
+            self._slowest = max(self._slowest, time.monotonic() - began)
         if not (matches and known):
             return False
         with self._lock:
