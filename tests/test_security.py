@@ -5,8 +5,12 @@ that resume, a quick shutdown."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -21,12 +25,17 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from exporter.client import MAX_SHOWN_CHARS
+from exporter import poller as poller_module
+from exporter import webconfig
+from exporter.client import MAX_SHOWN_CHARS, RATE_LIMIT_WINDOW, RateLimit, read_token
+from exporter.config import MAX_TOKEN_FILE_BYTES, TokenSource
+from exporter.errors import ConfigError, TokenError
 from exporter.simulator import Fault, SimProject, Simulator
+from exporter.web import HEADER_TIMEOUT, MAX_CONNECTIONS
 from tests.conftest import find_token_fragments
-from tests.harness import sim_project
+from tests.harness import FakeClock, Harness, sim_project
 from tests.servers import Exporter
-from tests.test_faults import QUIET, USAGE_PATH, Metrics, _config, scrape
+from tests.test_faults import QUIET, USAGE_PATH, Metrics, _config, eventually, scrape
 
 MIB = 1024 * 1024
 PROJECTS = 20
@@ -249,3 +258,282 @@ def test_shutdown_ends_within_5_seconds_while_every_poll_trickles(
         assert took < SHUTDOWN_CEILING, f"shutdown took {took:.1f}s"
     finally:
         simulator.stop()
+
+
+# -- the operator's files ------------------------------------------------------------------------
+
+BOMB_LEVELS = 6  # 9**6 = 531,441 copies of the innermost list, from a 500-byte document
+
+
+def _yaml_bomb(key: str, levels: int = BOMB_LEVELS) -> str:
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        refs = ", ".join([f"*l{level - 1}"] * 9)
+        lines.append(f"l{level}: &l{level} [{refs}]")
+    lines.append(f"{key}: *l{levels - 1}")
+    return "\n".join(lines) + "\n"
+
+
+def _check_config(config: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "check-config", "--config.file", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result, time.monotonic() - started
+
+
+@pytest.mark.parametrize("key", ["api_base_url", "cap_reset_day_means", "credits", "poll_interval"])
+def test_a_yaml_alias_bomb_is_refused_in_a_short_message(tmp_path: Path, key: str) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(_yaml_bomb(key) + "projects: [{name: p, bearer_token_env: HOME}]\n")
+    result, took = _check_config(config)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert f"{key}:" in result.stderr
+    assert len(result.stderr) < 4096
+    assert took < 10
+
+
+def test_a_document_with_too_many_aliases_is_refused_at_parse(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(_yaml_bomb("credits", levels=9) + "projects: []\n")
+    result, _ = _check_config(config)
+    assert result.returncode == 2
+    assert "more than 64 aliases" in result.stderr, result.stderr
+
+
+def test_a_yaml_alias_bomb_in_a_web_config_header_is_refused(tmp_path: Path) -> None:
+    web = tmp_path / "web.yml"
+    bomb = _yaml_bomb("x").replace("x: *l5", "")
+    web.write_text(bomb + "http_server_config:\n  headers:\n    X-Frame-Options: *l5\n")
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as raised:
+        webconfig.load(str(web))
+    assert time.monotonic() - started < 5
+    assert len(str(raised.value)) < 2048
+    assert "X-Frame-Options" in str(raised.value)
+
+
+@pytest.fixture
+def fifo(tmp_path: Path) -> Path:
+    path = tmp_path / "token.fifo"
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge", "directory"])
+def test_check_config_refuses_a_token_file_that_is_not_a_small_regular_file(
+    tmp_path: Path, fifo: Path, kind: str
+) -> None:
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"a" * (MAX_TOKEN_FILE_BYTES + 1))
+    token = {"fifo": fifo, "device": Path("/dev/zero"), "huge": huge, "directory": tmp_path}[kind]
+    config = tmp_path / "config.yml"
+    config.write_text(f"projects: [{{name: p, bearer_token_file: {token}}}]\n")
+    result, took = _check_config(config)
+    assert result.returncode == 2
+    assert "projects[0].bearer_token_file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert took < 10
+
+
+def test_a_token_file_that_becomes_a_fifo_fails_polls_at_once_and_reloads_stay_quick(
+    tmp_path: Path, fifo: Path
+) -> None:
+    simulator = Simulator([sim_project("1001", _token(90), credits=None)])
+    simulator.start()
+    try:
+        config = _config(tmp_path, simulator, {"1001": "p0"}, f"poll_interval: 500ms\n{QUIET}")
+        exporter = Exporter("--config.file", str(config))
+        try:
+            exporter.wait_ready()
+            token_file = tmp_path / "token-p0"
+            token = token_file.read_text()
+            token_file.unlink()
+            os.rename(fifo, token_file)
+            eventually(
+                exporter,
+                lambda m: m.get("xapi_exporter_poll_error", project="p0", reason="token") == 1,
+                "token error",
+                timeout=10,
+            )
+            # A reload reads the token file too: it must fail at once, and the next one as well.
+            for _ in range(3):
+                started = time.monotonic()
+                answer = httpx.post(f"{exporter.url}/-/reload", timeout=10)
+                assert answer.status_code == 500
+                assert "not a regular file" in answer.text
+                assert time.monotonic() - started < 2
+            token_file.unlink()
+            token_file.write_text(token)
+            answer = httpx.post(f"{exporter.url}/-/reload", timeout=10)
+            assert answer.status_code == 200
+            eventually(
+                exporter,
+                lambda m: m.get("xapi_exporter_poll_success", project="p0") == 1,
+                "polling resumed",
+                timeout=10,
+            )
+        finally:
+            assert exporter.stop() == 0
+    finally:
+        simulator.stop()
+
+
+def test_a_token_file_is_read_only_when_regular_and_small(tmp_path: Path, fifo: Path) -> None:
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"a" * (100 * MIB))
+    for path, reason in ((fifo, "not a regular file"), (huge, "larger than")):
+        started = time.monotonic()
+        with pytest.raises(TokenError, match=reason):
+            read_token(TokenSource(file=path))
+        assert time.monotonic() - started < 1
+
+
+# -- rate-limit headers --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        ({"x-rate-limit-reset": "99999999999999999999"}, RATE_LIMIT_WINDOW),
+        ({"x-rate-limit-reset": str(int(time.time()) + 10 * 365 * 86400)}, RATE_LIMIT_WINDOW),
+        ({"x-rate-limit-reset": "-5"}, RATE_LIMIT_WINDOW),
+        ({"retry-after": "120"}, 120),
+        ({"retry-after": "999999999999999999999"}, RATE_LIMIT_WINDOW),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, RATE_LIMIT_WINDOW),
+        ({}, RATE_LIMIT_WINDOW),
+    ],
+)
+def test_a_rate_limit_wait_is_read_from_either_header_and_never_exceeds_the_window(
+    headers: dict[str, str], wait: float
+) -> None:
+    now = time.time()
+    retry_at = RateLimit.from_headers(httpx.Headers(headers)).retry_at(now)
+    assert retry_at - now == pytest.approx(wait, abs=2)
+
+
+def test_a_reset_beyond_any_date_is_a_bounded_wait_not_a_parse_error_at_every_poll(
+    tmp_path: Path,
+) -> None:
+    class FarReset(Simulator):
+        def handle(
+            self, raw_path: str, authorization: str | None
+        ) -> tuple[int, dict[str, str], bytes]:
+            status, headers, body = super().handle(raw_path, authorization)
+            if status == 429:
+                headers["x-rate-limit-reset"] = "99999999999999999999"
+            return status, headers, body
+
+    project = sim_project("1001", _token(91), credits=None)
+    simulator = FarReset([project])
+    simulator.start()
+    try:
+        harness = Harness(simulator, FakeClock(), tmp_path).start()
+        simulator.set_fault(Fault.RATE_LIMIT, project_id="1001", count=1)
+        harness.poll()
+        harness.poll()  # held back, and said so
+        status = harness.store.states["p0"].status
+        assert status.error_reason == "rate_limited", status.error_message
+        assert simulator.request_count(USAGE_PATH) == 1
+        # "rate limited: no request before 2026-...": within one window from now
+        until = datetime.fromisoformat((status.error_message or "").rsplit(" ", 1)[-1])
+        assert until.timestamp() <= time.time() + RATE_LIMIT_WINDOW
+        harness.poller.stop()
+    finally:
+        simulator.stop()
+
+
+def test_a_credits_rate_limit_holds_back_the_next_credits_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(poller_module, "CREDITS_MIN_INTERVAL", 0.0)  # ask at every poll
+
+    class CreditsLimited(Simulator):
+        def handle(
+            self, raw_path: str, authorization: str | None
+        ) -> tuple[int, dict[str, str], bytes]:
+            if urlsplit(raw_path).path == "/2/usage/credits":
+                self.set_fault(Fault.RATE_LIMIT, count=1, reset_after=600)
+            return super().handle(raw_path, authorization)
+
+    simulator = CreditsLimited([sim_project("1001", _token(92))])
+    simulator.start()
+    try:
+        harness = Harness(simulator, FakeClock(), tmp_path).start()
+        harness.poll()
+        assert simulator.request_count("/2/usage/credits") == 1
+        harness.poll()
+        assert simulator.request_count("/2/usage/credits") == 1
+        assert harness.store.states["p0"].status.success
+        harness.poller.stop()
+    finally:
+        simulator.stop()
+
+
+# -- clients on the exporter's port --------------------------------------------------------------
+
+SLOW_CLIENTS = 600
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+def test_clients_that_trickle_their_request_head_are_dropped_and_scrapes_stay_quick(
+    tmp_path: Path,
+) -> None:
+    simulator = Simulator([sim_project("1001", _token(93), credits=None)])
+    simulator.start()
+    try:
+        config = _config(tmp_path, simulator, {"1001": "p0"}, QUIET)
+        exporter = Exporter("--config.file", str(config))
+        try:
+            exporter.wait_ready()
+            baseline = _threads(exporter.proc.pid)
+            slow: list[socket.socket] = []
+            for _ in range(SLOW_CLIENTS):
+                sock = socket.create_connection(("127.0.0.1", exporter.port), timeout=5)
+                sock.sendall(b"G")
+                sock.setblocking(False)
+                slow.append(sock)
+            seconds, threads, cut_after = [], 0, {}
+            started = time.monotonic()
+            while time.monotonic() < started + HEADER_TIMEOUT + 3:
+                for sock in slow:  # a byte a second each, never the end of the head
+                    if sock in cut_after:
+                        continue
+                    try:
+                        sock.send(b"E")
+                        if sock.recv(1) == b"":
+                            cut_after[sock] = time.monotonic() - started
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        cut_after[sock] = time.monotonic() - started
+                for _ in range(10):
+                    began = time.monotonic()
+                    assert httpx.get(f"{exporter.url}/metrics", timeout=5).status_code == 200
+                    seconds.append(time.monotonic() - began)
+                    threads = max(threads, _threads(exporter.proc.pid))
+                    time.sleep(0.1)
+            peak = peak_rss(exporter.proc.pid)
+            for sock in slow:
+                sock.close()
+            assert httpx.get(f"{exporter.url}/-/healthy", timeout=5).status_code == 200
+        finally:
+            assert exporter.stop() == 0
+    finally:
+        simulator.stop()
+    assert len(cut_after) == SLOW_CLIENTS  # every one dropped...
+    assert max(cut_after.values()) < HEADER_TIMEOUT + 2  # ...by the head deadline at the latest
+    assert threads < baseline + MAX_CONNECTIONS + 8
+    assert peak < RSS_CEILING
+    assert statistics.quantiles(seconds, n=100)[98] < SCRAPE_P99_CEILING
