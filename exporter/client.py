@@ -165,8 +165,8 @@ class _DeadlineStream(httpcore.NetworkStream):
         """Shut the socket down: a read blocked on it in another thread returns at once."""
         sock = self._inner.get_extra_info("socket")
         if sock is not None:
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            with suppress(OSError):  # socket's shutdown, not SSLSocket's: no TLS state touched
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
 class _DeadlineBackend(httpcore.NetworkBackend):

@@ -43,7 +43,7 @@ PROJECTS = 20
 MODES = {
     "trickle": "timeout",  # the usual answer, a byte every 0.3 s: it would take an hour
     "gzip_bomb": "too_large",  # 256 KiB of gzip that inflates to 256 MiB
-    "huge": "too_large",  # a 20 MB answer
+    "huge": "too_large",  # an 8 MB answer
     "many_apps": "too_large",  # 150 Apps
     "long_id": "too_large",  # a 100,000-character project_id
     "echo_token": "unauthorized",  # a 401 whose detail echoes the Authorization header
@@ -69,7 +69,7 @@ def gzip_bomb() -> bytes:
 
 @cache
 def huge_answer() -> bytes:
-    return b'{"data": {"project_usage": "1", "pad": "' + b"x" * (20 * MIB) + b'"}}'
+    return b'{"data": {"project_usage": "1", "pad": "' + b"x" * (8 * MIB) + b'"}}'
 
 
 def _ok(body: object) -> tuple[int, dict[str, str], bytes]:
