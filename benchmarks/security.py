@@ -20,13 +20,14 @@ from exporter.simulator import Fault
 from tests.harness import sim_project
 from tests.servers import Exporter
 from tests.test_faults import QUIET, _config
-from tests.test_security import MODES, HostileSimulator, _token, peak_rss
+from tests.test_security import MODES, HostileSimulator, _token, gzip_bomb, huge_answer, peak_rss
 
 MIB = 1024 * 1024
 
 
 @contextmanager
 def exporter_on(hostile: bool, poll_interval: str, projects: int = 20) -> Iterator[Exporter]:
+    gzip_bomb(), huge_answer()  # built once, before the clock starts
     now = datetime.now(UTC)
     sims = [sim_project(f"{i + 1}00{i + 1}", _token(i), credits=None) for i in range(projects)]
     modes = list(MODES)
