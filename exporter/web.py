@@ -42,7 +42,7 @@ def negotiate(accept: str) -> tuple[Encoder, str]:
     for item in accept.split(",")[:32]:
         media, *params = (part.strip().lower() for part in item.split(";"))
         if media == "application/openmetrics-text" and all(
-            p.replace(" ", "") in {"version=1.0.0"} or not p.startswith("version") for p in params
+            p.replace(" ", "") == "version=1.0.0" or not p.startswith("version") for p in params
         ):
             return OPENMETRICS
     return TEXT
