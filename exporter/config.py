@@ -102,6 +102,12 @@ class Config:
                 f"X API's 50 requests per 15 minutes allow (at least "
                 f"{format_duration(RATE_LIMIT_MIN_INTERVAL)}); fine for a simulator only"
             )
+        if self.request_timeout > self.poll_interval:
+            found.append(
+                f"request_timeout: {format_duration(self.request_timeout)} is longer than "
+                f"poll_interval {format_duration(self.poll_interval)}: a hung request is reported "
+                "only when it times out, not within one poll interval"
+            )
         return found
 
 

@@ -558,3 +558,13 @@ def test_clients_that_trickle_their_request_head_are_dropped_and_scrapes_stay_qu
     assert threads < baseline + MAX_CONNECTIONS + 8
     assert peak < RSS_CEILING
     assert statistics.quantiles(seconds, n=100)[98] < SCRAPE_P99_CEILING
+
+
+def test_a_request_timeout_longer_than_the_poll_interval_is_warned_about(tmp_path: Path) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(
+        "poll_interval: 30s\nrequest_timeout: 1m\nprojects: [{name: p, bearer_token_env: HOME}]\n"
+    )
+    result, _ = _check_config(config)
+    assert result.returncode == 0, result.stderr
+    assert "warning: request_timeout: 1m is longer than poll_interval 30s" in result.stderr
