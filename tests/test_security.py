@@ -4,6 +4,7 @@ that resume, a quick shutdown."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -568,3 +569,27 @@ def test_a_request_timeout_longer_than_the_poll_interval_is_warned_about(tmp_pat
     result, _ = _check_config(config)
     assert result.returncode == 0, result.stderr
     assert "warning: request_timeout: 1m is longer than poll_interval 30s" in result.stderr
+
+
+def test_a_gzipped_answer_within_the_bound_is_read_as_usual(tmp_path: Path) -> None:
+    class Gzipping(Simulator):
+        def handle(
+            self, raw_path: str, authorization: str | None
+        ) -> tuple[int, dict[str, str], bytes]:
+            status, headers, body = super().handle(raw_path, authorization)
+            return status, {**headers, "content-encoding": "gzip"}, gzip.compress(body)
+
+    project = sim_project("1001", _token(94), credits=None)
+    clock = FakeClock()
+    simulator = Gzipping([project], clock=clock)
+    simulator.start()
+    try:
+        harness = Harness(simulator, clock, tmp_path).start()
+        harness.poll()
+        labels = {"project": "p0", "project_id": "1001"}
+        assert harness.value("xapi_exporter_poll_success", project="p0") == 1
+        consumed = project.consumed(harness.clock.now)
+        assert harness.value("xapi_project_posts_consumed", **labels) == consumed
+        harness.poller.stop()
+    finally:
+        simulator.stop()
