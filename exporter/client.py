@@ -236,9 +236,14 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 def _transport(backend: _DeadlineBackend) -> httpx.HTTPTransport:
     transport = httpx.HTTPTransport()
     # httpx's transport takes no network backend, its httpcore pool does: swap in a pool built
-    # with httpx's own TLS defaults and our backend.
+    # with httpx's own TLS and pool defaults and our backend.
     transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(), network_backend=backend
+        ssl_context=httpx.create_ssl_context(),
+        # httpx's pool defaults: httpcore's own 10 connections would queue the 11th project.
+        max_connections=100,
+        max_keepalive_connections=20,
+        keepalive_expiry=5.0,
+        network_backend=backend,
     )
     return transport
 

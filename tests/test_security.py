@@ -593,3 +593,25 @@ def test_a_gzipped_answer_within_the_bound_is_read_as_usual(tmp_path: Path) -> N
         harness.poller.stop()
     finally:
         simulator.stop()
+
+
+def test_eleven_stuck_polls_leave_a_twelfth_project_its_connection(tmp_path: Path) -> None:
+    projects = [sim_project(f"{i}00{i}", _token(70 + i), credits=None) for i in range(1, 13)]
+    clock = FakeClock()
+    simulator = Simulator(projects, clock=clock)
+    simulator.start()
+    try:
+        for project in projects[:-1]:
+            simulator.set_fault(Fault.TRICKLE, project_id=project.project_id, delay=0.5)
+        harness = Harness(simulator, clock, tmp_path)
+        harness.start(harness.config(request_timeout="3s"))
+        harness.poller.start()  # every project polls at once, on its own thread
+        deadline = time.monotonic() + 10
+        while harness.value("xapi_exporter_poll_success", project="p11") is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert harness.value("xapi_exporter_poll_success", project="p11") == 1
+        assert harness.value("xapi_exporter_poll_success", project="p0") is None  # still stuck
+        harness.poller.stop()
+    finally:
+        simulator.stop()
