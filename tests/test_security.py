@@ -604,14 +604,13 @@ def test_eleven_stuck_polls_leave_a_twelfth_project_its_connection(tmp_path: Pat
         for project in projects[:-1]:
             simulator.set_fault(Fault.TRICKLE, project_id=project.project_id, delay=0.5)
         harness = Harness(simulator, clock, tmp_path)
-        harness.start(harness.config(request_timeout="3s"))
+        harness.start(harness.config(request_timeout="6s"))
         harness.poller.start()  # every project polls at once, on its own thread
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 3  # well before the stuck ones time out and free theirs
         while harness.value("xapi_exporter_poll_success", project="p11") is None:
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, "the healthy project waited for a connection"
             time.sleep(0.05)
         assert harness.value("xapi_exporter_poll_success", project="p11") == 1
-        assert harness.value("xapi_exporter_poll_success", project="p0") is None  # still stuck
         harness.poller.stop()
     finally:
         simulator.stop()
