@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import reprlib
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -26,6 +28,16 @@ POLL_REQUESTS_PER_INTERVAL = 4
 LONGEST_CYCLE_DAYS = 31
 
 E = TypeVar("E", bound="StrEnum")
+
+# Bounds on what the operator's files may hold (docs/security.md). A token is about 100 bytes and a
+# config a few KiB; the limits leave room for that and refuse devices, FIFOs and runaway files.
+MAX_TOKEN_FILE_BYTES = 4096
+MAX_CONFIG_FILE_BYTES = 1024 * 1024
+# YAML aliases and merges let a small document describe a huge graph: legitimate configs use a
+# handful, and the limits stop the expansion before any code walks it.
+MAX_YAML_ALIASES = 64
+MAX_YAML_DEPTH = 32
+MAX_YAML_MAPPING_KEYS = 10_000
 
 _DURATION_RE = re.compile(
     r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
@@ -120,11 +132,83 @@ class Config:
         return found
 
 
+def read_small_file(path: Path, limit: int) -> str:
+    """The UTF-8 text of a regular file of at most `limit` bytes. Never blocks: a FIFO, a device or
+    a directory is refused at once, not read. OSError, UnicodeDecodeError or ValueError (saying
+    what was refused) otherwise."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"larger than {limit} bytes")
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > limit:  # it grew while being read
+            raise ValueError(f"larger than {limit} bytes")
+    finally:
+        os.close(fd)
+    return data.decode("utf-8")
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """pyyaml's SafeLoader with a ceiling on aliases, nesting and merged keys."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_YAML_ALIASES:
+                self._refuse(f"more than {MAX_YAML_ALIASES} aliases")
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                self._refuse(f"nested deeper than {MAX_YAML_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def flatten_mapping(self, node: Any) -> None:
+        super().flatten_mapping(node)
+        if len(node.value) > MAX_YAML_MAPPING_KEYS:
+            self._refuse(f"a mapping with more than {MAX_YAML_MAPPING_KEYS} keys")
+
+    def _refuse(self, problem: str) -> None:
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        raise yaml.composer.ComposerError(None, None, problem, mark)
+
+
+def load_yaml(text: str) -> object:
+    """One YAML document, parsed safely and within the bounds above; yaml.YAMLError otherwise."""
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 60
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict = 2, 3, 3
+
+
+def shown(value: object) -> str:
+    """A value as a message may quote it: a short repr, whatever its size or nesting."""
+    return _SHOWN.repr(value)
+
+
 def parse_duration(text: str) -> float:
     """A Prometheus duration (`30s`, `5m`, `1h30m`, `250ms`) in seconds; ValueError if malformed."""
     match = _DURATION_RE.match(text)
     if not text or match is None:
-        raise ValueError(f"{text!r} is not a duration such as 30s, 5m or 1h")
+        raise ValueError(f"{shown(text)} is not a duration such as 30s, 5m or 1h")
     return sum(int(g) * unit for g, unit in zip(match.groups(), _DURATION_UNITS, strict=True) if g)
 
 
@@ -162,7 +246,7 @@ class _Checker:
                         " (tokens are never written inline: use bearer_token_file or "
                         "bearer_token_env)"
                     )
-                self.fail(_join(path, str(key)), f"unknown key{hint}")
+                self.fail(_join(path, shown_key(key)), f"unknown key{hint}")
         return value
 
     def duration(self, value: object, path: str, default: float) -> float:
@@ -201,15 +285,19 @@ class _Checker:
         if value is None:
             return default
         try:
-            return enum(str(value))
+            return enum(value if isinstance(value, str) else "")
         except ValueError:
             names = ", ".join(member.value for member in enum)
-            self.fail(path, f"must be one of {names}, got {value!r}")
+            self.fail(path, f"must be one of {names}, got {shown(value)}")
             return default
 
 
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
+
+
+def shown_key(key: object) -> str:
+    return key if isinstance(key, str) and len(key) <= 60 else shown(key)
 
 
 def _type_name(value: object) -> str:
@@ -254,7 +342,7 @@ def parse_config(
 
     api_base_url = top.get("api_base_url", DEFAULT_API_BASE_URL)
     if not isinstance(api_base_url, str) or not re.match(r"^https?://[^/\s]+", api_base_url):
-        check.fail("api_base_url", f"must be an http(s) URL, got {api_base_url!r}")
+        check.fail("api_base_url", f"must be an http(s) URL, got {shown(api_base_url)}")
         api_base_url = DEFAULT_API_BASE_URL
 
     history_days = top.get("history_days", 90)
@@ -327,7 +415,7 @@ def _parse_projects(
             check.fail(f"{path}.name", "must be a non-empty string")
             name = None
         elif name in seen:
-            check.fail(f"{path}.name", f"duplicate project name {name!r}")
+            check.fail(f"{path}.name", f"duplicate project name {shown(name)}")
         else:
             seen.add(name)
         token = _token_source(check, entry, path, base_dir, environ)
@@ -360,11 +448,15 @@ def _token_source(
         if not token_path.is_absolute():
             token_path = base_dir / token_path
         try:
-            content = token_path.read_text(encoding="utf-8")
+            content = read_small_file(token_path, MAX_TOKEN_FILE_BYTES)
         except FileNotFoundError:
             check.fail(key, f"no such file: {token_path}")
             return None
-        except (OSError, UnicodeDecodeError) as exc:
+        except ValueError as exc:  # UnicodeDecodeError is one, with a long text
+            reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            check.fail(key, f"cannot read {token_path}: {reason}")
+            return None
+        except OSError as exc:
             check.fail(key, f"cannot read {token_path}: {exc.__class__.__name__}")
             return None
         if not content.strip():
@@ -393,17 +485,21 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
         return Config(projects=(project,), source=TOKEN_ENV_VAR)
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_small_file(file, MAX_CONFIG_FILE_BYTES)
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: cannot read: not UTF-8"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.__class__.__name__}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
+        problem = str(getattr(exc, "problem", None) or "invalid YAML")[:200]
         raise ConfigError([f"{path}: invalid YAML{where}: {problem}"]) from None
     try:
         return parse_config(data, source=path, base_dir=file.parent, environ=env)

@@ -29,6 +29,7 @@ class Reason(StrEnum):
     TIMEOUT = "timeout"
     NETWORK = "network"
     PARSE = "parse"
+    TOO_LARGE = "too_large"  # an answer beyond a bound: body size, App count, id length
 
 
 class UpstreamError(ExporterError):

@@ -57,9 +57,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def _logfmt_value(value: str) -> str:
-    if value and not any(c in value for c in ' ="\\\n'):
+    if value and value.isprintable() and not any(c in value for c in ' ="\\'):
         return value
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    # Control characters (a client's or an upstream's text) are escaped, never written raw.
+    escaped = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+        for c in value.replace("\\", "\\\\").replace('"', '\\"')
+    )
     return f'"{escaped}"'
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -22,6 +24,7 @@ from exporter.client import (
     fetch_credits,
     fetch_usage,
     read_token,
+    safe_text,
 )
 from exporter.config import Config, CreditsMode, ProjectConfig
 from exporter.errors import Reason, TokenError, UpstreamError
@@ -41,10 +44,56 @@ Clock = Callable[[], datetime]
 TOKEN_REASON = "token"  # noqa: S105 - a reason label, not a token
 # /2/usage/credits allows 30 requests per 15 minutes: never ask more often than every 30 s.
 CREDITS_MIN_INTERVAL = 30.0
+# How long stop() waits for the polls it cut short to end.
+STOP_GRACE = 3.0
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class RateLimits:
+    """Per project name, the epoch second before which no request goes out after a rate-limit
+    429. Shared by a project's successive pollers: a 429 that lands on a poller that a reload
+    replaced still holds back its successor's next request."""
+
+    def __init__(self) -> None:
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def until(self, name: str) -> float:
+        with self._lock:
+            return self._until.get(name, 0.0)
+
+    def extend(self, name: str, at: float) -> None:
+        with self._lock:
+            self._until[name] = max(self._until.get(name, 0.0), at)
+
+
+class Slot:
+    """Where the pollers write: the store, for the projects configured now. A poll that was still
+    running when a reload removed its project must not bring it back; one whose project a reload
+    changed writes under the new settings."""
+
+    def __init__(
+        self,
+        store: Store,
+        lock: threading.Lock,
+        configured: Callable[[str], ProjectConfig | None],
+    ) -> None:
+        self._store = store
+        self._lock = lock  # the Poller's: reloads change the configured projects under it
+        self._configured = configured
+
+    @property
+    def states(self) -> Mapping[str, ProjectState]:
+        return self._store.states
+
+    def put(self, state: ProjectState) -> None:
+        with self._lock:
+            project = self._configured(state.project.name)
+            if project is not None:
+                self._store.put(replace(state, project=project))
 
 
 class ProjectPoller:
@@ -55,21 +104,33 @@ class ProjectPoller:
         project: ProjectConfig,
         config: Config,
         client: XApiClient,
-        store: Store,
+        store: Slot,
         clock: Clock = utc_now,
-        blocked_until: float = 0.0,
+        limits: RateLimits | None = None,
     ) -> None:
         self.project = project
         self.config = config
         self._client = client
         self._store = store
         self._clock = clock
-        # Epoch seconds before which no request goes out, after a rate-limit 429.
-        self.blocked_until = blocked_until
+        self._limits = limits or RateLimits()
         self._credits_off = config.credits is CreditsMode.OFF
         self._credits_polled_at = float("-inf")
-        if project.name not in store.states:
-            store.put(ProjectState(project))
+        self._credits_blocked_until = 0.0
+        self.retired = False  # a reload replaced or removed it: its job must not run again
+
+    @property
+    def blocked_until(self) -> float:
+        """Epoch seconds before which no request goes out, after a rate-limit 429."""
+        return self._limits.until(self.project.name)
+
+    @blocked_until.setter
+    def blocked_until(self, at: float) -> None:
+        self._limits.extend(self.project.name, at)
+
+    @property
+    def client(self) -> XApiClient:
+        return self._client
 
     def poll(self) -> None:
         """One poll; never raises (the job must survive anything the upstream does)."""
@@ -94,7 +155,7 @@ class ProjectPoller:
             reason, message = TOKEN_REASON, str(exc)
         except Exception as exc:  # the job's edge: log it, show it, keep polling
             log.exception("poll crashed project=%s", self.project.name)
-            reason, message = Reason.PARSE.value, f"{type(exc).__name__}: {exc}"
+            reason, message = Reason.PARSE.value, safe_text(f"{type(exc).__name__}: {exc}")
 
         duration = time.monotonic() - started
         status = self._status(previous.status, attempts, now, duration, reason, message, capped)
@@ -126,7 +187,9 @@ class ProjectPoller:
             reset = datetime.fromtimestamp(self.blocked_until, UTC).isoformat()
             raise UpstreamError(Reason.RATE_LIMITED, f"rate limited: no request before {reset}")
         token = read_token(self.project.token)
-        deadline = time.monotonic() + self.config.poll_interval * 0.9
+        deadline = time.monotonic() + max(
+            self.config.poll_interval * 0.9, self.config.request_timeout
+        )
         report = fetch_usage(
             self._client, token, self.config.history_days, deadline=deadline, attempts=attempts
         )
@@ -154,6 +217,8 @@ class ProjectPoller:
             return CreditsSnapshot(available=False)
         if time.monotonic() - self._credits_polled_at < CREDITS_MIN_INTERVAL:
             return previous
+        if time.time() < self._credits_blocked_until:  # its own rate limit said so
+            return previous
         self._credits_polled_at = time.monotonic()
         try:
             balance = fetch_credits(self._client, token, deadline=deadline, attempts=attempts)
@@ -163,6 +228,8 @@ class ProjectPoller:
                 self._credits_off = True
             return CreditsSnapshot(available=False)
         except UpstreamError as exc:
+            if exc.reason is Reason.RATE_LIMITED and exc.retry_at is not None:
+                self._credits_blocked_until = exc.retry_at
             log.warning(
                 "credits failed project=%s reason=%s err=%s", self.project.name, exc.reason, exc
             )
@@ -233,22 +300,32 @@ class Poller:
         self._retry = retry
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        # Held while a poller writes its state and while a reload retires pollers.
+        self._commit = threading.Lock()
+        self._limits = RateLimits()
+        self._slot = Slot(store, self._commit, self._configured)
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=32)}, timezone=UTC
         )
         self._pollers: dict[str, ProjectPoller] = {}
         self._client: XApiClient | None = None
+        # Every client not yet closed, the replaced ones included: stop() cuts them all.
+        self._clients: weakref.WeakSet[XApiClient] = weakref.WeakSet()
+        self._running = 0
+        self._idle = threading.Condition()
         self._changed: set[str] = set()
         self.config = config
         self._apply(config)
 
     def _make_client(self, config: Config) -> XApiClient:
-        return XApiClient(
+        client = XApiClient(
             config.api_base_url,
             timeout=config.request_timeout,
             retry=self._retry,
             wait=self._stopping.wait,
         )
+        self._clients.add(client)
+        return client
 
     def _apply(self, config: Config) -> None:
         old_client = self._client
@@ -269,15 +346,25 @@ class Poller:
             ):
                 pollers[project.name] = current
                 continue
-            # A rate-limit wait survives a reload: the token is still the same App's.
-            blocked = current.blocked_until if current is not None else 0.0
+            # A rate-limit wait survives a reload (self._limits): the token is still the same App's.
             pollers[project.name] = ProjectPoller(
-                project, config, client, self._store, self._clock, blocked
+                project,
+                config,
+                client,
+                self._slot,
+                self._clock,
+                self._limits,
             )
             changed.add(project.name)
+        with self._commit:
+            for name, poller in self._pollers.items():
+                poller.retired = pollers.get(name) is not poller
+            self._store.retain(set(pollers))
+            self._pollers = pollers
+            for name, poller in pollers.items():
+                if name not in self._store.states:
+                    self._store.put(ProjectState(poller.project))
         self._changed = changed
-        self._store.retain(set(pollers))
-        self._pollers = pollers
         self._client = client
         self.config = config
         self._store.set_config_status(
@@ -288,7 +375,25 @@ class Poller:
             )
         )
         if old_client is not None and old_client is not client:
-            old_client.close()
+            old_client.close()  # once the polls still using it have ended
+
+    def _configured(self, name: str) -> ProjectConfig | None:
+        poller = self._pollers.get(name)
+        return None if poller is None else poller.project
+
+    def _run(self, poller: ProjectPoller) -> None:
+        """One poll of one project, holding its client open until it ends."""
+        if poller.retired or self._stopping.is_set():
+            return
+        with self._idle:
+            self._running += 1
+        try:
+            with poller.client.lease():
+                poller.poll()
+        finally:
+            with self._idle:
+                self._running -= 1
+                self._idle.notify_all()
 
     def start(self) -> None:
         self._scheduler.start()
@@ -303,7 +408,7 @@ class Poller:
             if name in existing and name not in self._changed:
                 continue
             self._scheduler.add_job(
-                poller.poll,
+                functools.partial(self._run, poller),
                 trigger="interval",
                 seconds=self.config.poll_interval,
                 id=name,
@@ -336,11 +441,15 @@ class Poller:
     def poll_all_now(self) -> None:
         """Run every project's poll once, in this thread (for one-shot commands and tests)."""
         for poller in list(self._pollers.values()):
-            poller.poll()
+            self._run(poller)
 
     def stop(self) -> None:
+        """Stop polling within STOP_GRACE whatever the upstream does: requests in flight are cut
+        (their polls end as network errors), no new one starts."""
         self._stopping.set()
         if self._scheduler.running:
-            self._scheduler.shutdown(wait=True)
-        if self._client is not None:
-            self._client.close()
+            self._scheduler.shutdown(wait=False)
+        for client in list(self._clients):
+            client.abort()
+        with self._idle:
+            self._idle.wait_for(lambda: self._running == 0, timeout=STOP_GRACE)

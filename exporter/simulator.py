@@ -19,6 +19,7 @@ from exporter.billing import cycle_for, sum_in_cycle
 from exporter.config import CapResetDayMeans
 
 PROBLEMS = "https://api.x.com/2/problems"
+_TRICKLE_HEADER = "x-simulator-trickle"  # handler-internal: never sent
 WEEKDAY_SHAPE = (1.08, 1.12, 1.10, 1.06, 1.0, 0.78, 0.70)  # Monday first: quieter weekends
 
 
@@ -31,6 +32,7 @@ class Fault(StrEnum):
     MALFORMED = "malformed"  # 200 with a body that is not JSON
     BAD_FIELD = "bad_field"  # 200 with project_usage that is not a number
     SLOW = "slow"  # answers after `delay` seconds
+    TRICKLE = "trickle"  # the usual answer, one byte every `delay` seconds
 
 
 @dataclass
@@ -235,12 +237,22 @@ class Simulator:
                 status, headers, body = simulator.handle(
                     self.path, self.headers.get("Authorization")
                 )
+                trickle = float(headers.pop(_TRICKLE_HEADER, "0"))
                 self.send_response(status)
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not trickle:
+                    self.wfile.write(body)
+                    return
+                for index in range(len(body)):
+                    try:
+                        self.wfile.write(body[index : index + 1])
+                        self.wfile.flush()
+                    except OSError:
+                        return  # the client gave up
+                    time.sleep(trickle)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # keep test and demo output clean
@@ -308,6 +320,8 @@ class Simulator:
         if not 1 <= days <= 90:
             return _problem(400, "Invalid Request", f"{PROBLEMS}/invalid-request", "days: 1-90")
         fields = {f for value in query.get("usage.fields", []) for f in value.split(",") if f}
+        if plan is not None and plan.fault is Fault.TRICKLE:
+            limit_headers = {**limit_headers, _TRICKLE_HEADER: str(plan.delay)}
         return _json(200, project.answer(now, days, fields), limit_headers)
 
     def _rate_limit(self, token: str, path: str) -> tuple[dict[str, str], bool]:
@@ -347,6 +361,8 @@ class Simulator:
         if fault is Fault.SLOW:
             time.sleep(plan.delay)
             return None
+        if fault is Fault.TRICKLE:
+            return None  # the usual answer, trickled by the handler
         if fault is Fault.SERVER_ERROR:
             return _problem(503, "Service Unavailable", "about:blank", "Service is overloaded.")
         if fault is Fault.RATE_LIMIT:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +17,8 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import exposition as text_format
+from prometheus_client.openmetrics import exposition as openmetrics
 
 from exporter import landing
 from exporter.snapshot import Store
@@ -25,6 +28,24 @@ log = logging.getLogger(__name__)
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 Environ = dict[str, Any]
 WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+
+Encoder = Callable[[CollectorRegistry], bytes]
+# The two formats served, so the cache holds at most two renderings whatever clients send.
+TEXT: tuple[Encoder, str] = (text_format.generate_latest, text_format.CONTENT_TYPE_PLAIN_0_0_4)
+OPENMETRICS: tuple[Encoder, str] = (openmetrics.generate_latest, openmetrics.CONTENT_TYPE_LATEST)
+
+
+def negotiate(accept: str) -> tuple[Encoder, str]:
+    """OpenMetrics 1.0.0 when the Accept header lists OpenMetrics without a version or with 1.0.0,
+    the text format 0.0.4 otherwise (any other version, or a malformed one)."""
+    for item in accept.split(",")[:32]:
+        media, *params = (part.strip().lower() for part in item.split(";"))
+        if media == "application/openmetrics-text" and all(
+            p.replace(" ", "") == "version=1.0.0" or not p.startswith("version") for p in params
+        ):
+            return OPENMETRICS
+    return TEXT
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +74,7 @@ class MetricsCache:
 
     def render(self, accept: str) -> tuple[bytes, str, bytes]:
         """(body, content type, gzipped body) for an Accept header."""
-        encoder, content_type = choose_encoder(accept)
+        encoder, content_type = negotiate(accept)
         key = (self._store.generation, self._clock().date())
         with self._lock:
             if key != self._key:
@@ -154,12 +175,31 @@ def _text(
     return [body]
 
 
+# Bounds on clients (docs/security.md), as Go's http.Server ReadHeaderTimeout and WriteTimeout.
+MAX_CONNECTIONS = 128  # at once; beyond, the oldest one still sending its head is dropped
+HEADER_TIMEOUT = 5.0  # from accept to the end of the request head, TLS handshake included
+RESPONSE_TIMEOUT = 30.0  # from the end of the head to the end of the answer
+_REAP_EVERY = 0.25
+# Go's answer to plain HTTP on a TLS port.
+_PLAIN_HTTP_TO_TLS = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+)
+
+
 class _QuietHandler(WSGIRequestHandler):
-    # An idle or trickling client must not hold a thread for ever.
-    timeout = 30
+    # Per socket operation; the deadlines above bound the whole exchange.
+    timeout = RESPONSE_TIMEOUT
+    server: _ThreadingServer
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # reads the header lines too
+        self.server.watch(self.connection, RESPONSE_TIMEOUT, head_done=True)
+        return parsed
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http %s", format % args)
+        # The request line is the client's text: %r escapes what it holds.
+        log.debug("http %r", format % args)
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -169,18 +209,81 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     request_queue_size = 128
     ssl_context: ssl.SSLContext | None = None
 
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._deadlines: dict[socket.socket, tuple[float, bool]] = {}  # -> (deadline, head done)
+        self._deadlines_lock = threading.Lock()
+        self._closed = threading.Event()
+        threading.Thread(target=self._reap, name="web-reaper", daemon=True).start()
+
+    def watch(self, conn: socket.socket, seconds: float, head_done: bool) -> None:
+        with self._deadlines_lock:
+            self._deadlines.pop(conn, None)  # re-inserted last: the dict stays in age order
+            self._deadlines[conn] = (time.monotonic() + seconds, head_done)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._deadlines_lock:
+            crowded = len(self._deadlines) >= MAX_CONNECTIONS
+            oldest = next((c for c, (_, done) in self._deadlines.items() if not done), None)
+            if crowded and oldest is not None:
+                # A slow head is the cheapest client to drop: a scraper sends its head at once.
+                self._deadlines.pop(oldest)
+                _cut(oldest)
+        if crowded and oldest is None:
+            self.shutdown_request(request)
+            return
+        self.watch(request, HEADER_TIMEOUT, head_done=False)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._deadlines_lock:
+            self._deadlines.pop(request, None)
+        super().shutdown_request(request)
+
+    def _reap(self) -> None:
+        while not self._closed.wait(_REAP_EVERY):
+            now = time.monotonic()
+            with self._deadlines_lock:
+                late = [c for c, (deadline, _) in self._deadlines.items() if deadline < now]
+                for conn in late:
+                    del self._deadlines[conn]
+            for conn in late:
+                _cut(conn)
+
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up or fails the TLS handshake is not the exporter's error.
         log.debug("connection error client=%s", client_address[0] if client_address else "?")
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        conn, addr = super().get_request()
-        if self.ssl_context is not None:
-            # The handshake runs in the request thread, so a slow client blocks nobody.
-            conn = self.ssl_context.wrap_socket(
-                conn, server_side=True, do_handshake_on_connect=False
-            )
-        return conn, addr
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """In the request thread: TLS starts here, so a slow handshake blocks nobody."""
+        if self.ssl_context is None:
+            super().finish_request(request, client_address)
+            return
+        try:
+            first = request.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return
+        if first != b"\x16":  # not a TLS handshake record: plain HTTP, most likely
+            with contextlib.suppress(OSError):
+                request.sendall(_PLAIN_HTTP_TO_TLS)
+            return
+        tls = self.ssl_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        with self._deadlines_lock:  # the wrapper took the socket over
+            self._deadlines[tls] = self._deadlines.pop(request, (time.monotonic(), False))
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            self.shutdown_request(tls)
+
+
+def _cut(conn: socket.socket) -> None:
+    """End a connection from another thread: its handler's blocked read returns at once."""
+    with contextlib.suppress(OSError):  # not SSLSocket's shutdown: no TLS state touched
+        socket.socket.shutdown(conn, socket.SHUT_RDWR)
 
 
 class _ThreadingServer6(_ThreadingServer):

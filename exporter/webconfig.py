@@ -9,6 +9,7 @@ import logging
 import re
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from exporter.config import MAX_CONFIG_FILE_BYTES, load_yaml, read_small_file, shown_key
 from exporter.errors import ConfigError
 from exporter.web import WsgiApp
 
@@ -55,6 +57,8 @@ EXTRA_HEADERS: dict[str, tuple[str, ...]] = {
     "X-XSS-Protection": (),
     "Content-Security-Policy": (),
 }
+# bcrypt reads no further (the bcrypt package refuses longer ones): longer is a refusal.
+BCRYPT_MAX_PASSWORD_BYTES = 72
 # What bcrypt.checkpw accepts: a version, a cost of 04 to 31, then 22 salt and 31 hash characters.
 _BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}")
 
@@ -96,7 +100,11 @@ class WebConfig:
 
 class _Guard:
     """WSGI middleware: checks basic auth; a verified password is remembered by its SHA-256 so
-    that bcrypt's deliberate slowness is paid once per credential, not once per scrape."""
+    that bcrypt's deliberate slowness is paid once per credential, not once per scrape.
+
+    Under abuse: one bcrypt check runs at a time (wrong passwords cannot take every core from the
+    scrapes), and every refusal lasts as long as the slowest check seen, so that timing tells
+    neither which users exist nor their bcrypt cost."""
 
     def __init__(self, app: WsgiApp, users: Mapping[str, bytes], headers: Mapping[str, str]):
         self._app = app
@@ -104,6 +112,10 @@ class _Guard:
         self._headers = list(headers.items())
         self._verified: set[tuple[str, bytes]] = set()
         self._lock = threading.Lock()
+        self._bcrypt = threading.Lock()
+        self._slowest = 0.0
+        # An unknown user is checked against the costliest hash: never cheaper than a known one.
+        self._decoy = max(users.values(), key=lambda h: h[4:6], default=b"")
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -125,6 +137,15 @@ class _Guard:
         return self._app(environ, respond)
 
     def _authorized(self, header: str) -> bool:
+        started = time.monotonic()
+        if self._check(header):
+            return True
+        delay = self._slowest - (time.monotonic() - started)
+        if delay > 0:
+            time.sleep(delay)
+        return False
+
+    def _check(self, header: str) -> bool:
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
             return False
@@ -132,7 +153,7 @@ class _Guard:
             user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError):
             return False
-        if not sep:
+        if not sep or len(password.encode()) > BCRYPT_MAX_PASSWORD_BYTES:
             return False
         known = user in self._users
         key = (user, hashlib.sha256(password.encode()).digest())
@@ -141,14 +162,17 @@ class _Guard:
                 return True
         # An unknown user costs one bcrypt check too, so that timing does not tell which users
         # exist; the decoy hash is a configured one, and the answer is no whatever it says.
-        hashed = self._users[user] if known else next(iter(self._users.values()))
+        hashed = self._users[user] if known else self._decoy
         import bcrypt  # noqa: PLC0415 - an optional dependency, checked at load time
 
-        try:
-            matches = bcrypt.checkpw(password.encode(), hashed)
-        except ValueError:  # a hash that passed load() but that bcrypt cannot read
-            log.error("basic auth: unusable bcrypt hash user=%s", user)
-            return False
+        with self._bcrypt:
+            began = time.monotonic()
+            try:
+                matches = bcrypt.checkpw(password.encode(), hashed)
+            except ValueError:  # a hash that passed load() but that bcrypt cannot read
+                log.error("basic auth: unusable bcrypt hash user=%r", user[:64])
+                return False
+            self._slowest = max(self._slowest, time.monotonic() - began)
         if not (matches and known):
             return False
         with self._lock:
@@ -159,15 +183,17 @@ class _Guard:
 def load(path: str) -> WebConfig:
     """Read and validate a web config file; ConfigError lists every problem with its key."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        data = load_yaml(read_small_file(Path(path), MAX_CONFIG_FILE_BYTES)) or {}
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError([f"{path}: cannot read: {type(exc).__name__}"]) from None
+    except ValueError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
     problems: list[str] = []
     if not isinstance(data, Mapping):
         raise ConfigError([f"{path}: must be a mapping"])
-    problems += [f"{path}: {key}: unknown key" for key in data if key not in _TOP_KEYS]
+    problems += [f"{path}: {shown_key(key)}: unknown key" for key in data if key not in _TOP_KEYS]
     base = Path(path).parent
     tls = _tls(data.get("tls_server_config"), base, path, problems)
     users = _users(data.get("basic_auth_users"), path, problems)
@@ -177,7 +203,7 @@ def load(path: str) -> WebConfig:
         problems.append(f"{path}: http_server_config: must be a mapping")
     else:
         problems += [
-            f"{path}: http_server_config.{key}: unknown key"
+            f"{path}: http_server_config.{shown_key(key)}: unknown key"
             for key in http
             if key not in _HTTP_KEYS
         ]
@@ -205,11 +231,13 @@ def _headers(raw: object, path: str, problems: list[str]) -> dict[str, str]:
         return {}
     headers = {}
     for name, value in raw.items():
-        allowed = EXTRA_HEADERS.get(str(name))
-        text = "" if value is None else str(value)
+        allowed = EXTRA_HEADERS.get(name) if isinstance(name, str) else None
+        # Only scalars: str() of an aliased list could be gigabytes.
+        text = str(value) if isinstance(value, str | int | float) else ""
         if allowed is None:
             problems.append(
-                f"{where}.{name}: cannot be configured (allowed: {', '.join(EXTRA_HEADERS)})"
+                f"{where}.{shown_key(name)}: cannot be configured "
+                f"(allowed: {', '.join(EXTRA_HEADERS)})"
             )
         elif allowed and text not in allowed:
             problems.append(f"{where}.{name}: must be one of {', '.join(allowed)}")
@@ -262,7 +290,9 @@ def _tls(raw: object, base: Path, path: str, problems: list[str]) -> TlsConfig |
         problems.append(f"{where}: must be a mapping")
         return None
     problems += [
-        f"{where}.{key}: unknown or unsupported key" for key in raw if key not in _TLS_KEYS
+        f"{where}.{shown_key(key)}: unknown or unsupported key"
+        for key in raw
+        if key not in _TLS_KEYS
     ]
 
     def file(key: str, required: bool) -> Path | None:
@@ -271,14 +301,18 @@ def _tls(raw: object, base: Path, path: str, problems: list[str]) -> TlsConfig |
             if required:
                 problems.append(f"{where}.{key}: required")
             return None
-        resolved = base / str(value)
+        if not isinstance(value, str):
+            problems.append(f"{where}.{key}: must be a file path")
+            return None
+        resolved = base / value
         if not resolved.is_file():
             problems.append(f"{where}.{key}: no such file: {resolved}")
         return resolved
 
     cert, key = file("cert_file", True), file("key_file", True)
     client_ca = file("client_ca_file", False)
-    auth = str(raw.get("client_auth_type", "NoClientCert"))
+    raw_auth = raw.get("client_auth_type", "NoClientCert")
+    auth = raw_auth if isinstance(raw_auth, str) else ""
     if auth not in CLIENT_AUTH_TYPES:
         problems.append(f"{where}.client_auth_type: must be one of {', '.join(CLIENT_AUTH_TYPES)}")
     elif CLIENT_AUTH_TYPES[auth] != ssl.CERT_NONE and client_ca is None:
@@ -292,12 +326,16 @@ def _tls(raw: object, base: Path, path: str, problems: list[str]) -> TlsConfig |
     versions = []
     for name in ("min_version", "max_version"):
         value = raw.get(name)
-        if value is not None and str(value) not in TLS_VERSIONS:
+        if value is not None and (not isinstance(value, str) or value not in TLS_VERSIONS):
             problems.append(f"{where}.{name}: must be one of {', '.join(TLS_VERSIONS)}")
             value = None
         versions.append(None if value is None else str(value))
-    if versions[0] and versions[1] and TLS_VERSIONS[versions[1]] < TLS_VERSIONS[versions[0]]:
-        problems.append(f"{where}.max_version: must not be below min_version")
+    lowest = versions[0] or "TLS12"  # the default minimum counts too: max TLS11 alone is empty
+    if versions[1] and TLS_VERSIONS[versions[1]] < TLS_VERSIONS[lowest]:
+        problems.append(
+            f"{where}.max_version: {versions[1]} is below min_version {lowest}: no TLS version "
+            "would be left"
+        )
     if cert is None or key is None:
         return None
     return TlsConfig(cert, key, auth, client_ca, versions[0] or "TLS12", versions[1])
@@ -314,8 +352,8 @@ def _users(raw: object, path: str, problems: list[str]) -> dict[str, bytes]:
     for user, hashed in raw.items():
         if not isinstance(hashed, str) or not _BCRYPT_HASH.fullmatch(hashed):
             problems.append(
-                f"{where}.{user}: must be a bcrypt hash ($2a$, $2b$ or $2y$, cost 04 to 31, "
-                "60 characters)"
+                f"{where}.{shown_key(user)}: must be a bcrypt hash ($2a$, $2b$ or $2y$, cost 04 "
+                "to 31, 60 characters)"
             )
             continue
         users[str(user)] = hashed.encode()

@@ -128,3 +128,41 @@ def test_listen_addresses_parse(text: str, parsed: tuple[str, int]) -> None:
 def test_bad_listen_addresses_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="is not HOST:PORT"):
         parse_listen_address(text)
+
+
+@pytest.mark.parametrize(
+    ("accept", "served_as"),
+    [
+        ("application/openmetrics-text; version=abc", "text/plain; version=0.0.4"),
+        ("application/openmetrics-text; version=9.9.9", "text/plain; version=0.0.4"),
+        ("application/openmetrics-text", "application/openmetrics-text; version=1.0.0"),
+        ("text/plain;version=1.0.0;escaping=allow-utf-8", "text/plain; version=0.0.4"),
+        (
+            "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+            "text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+            "application/openmetrics-text; version=1.0.0",
+        ),
+    ],
+)
+def test_any_accept_header_gets_one_of_the_two_served_formats(
+    served: tuple[Harness, str, list[str]], accept: str, served_as: str
+) -> None:
+    _, url, _ = served
+    answer = httpx.get(f"{url}/metrics", headers={"Accept": accept})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith(served_as)
+
+
+def test_a_thousand_accept_versions_leave_two_renderings_in_the_cache(tmp_path: Path) -> None:
+    with running([sim_project("1001", TOKEN)], tmp_path) as h:
+        h.start()
+        h.poll()
+        cache = MetricsCache(h.registry, h.store, h.clock)
+        types = {
+            cache.render(f"application/openmetrics-text; version=1.0.{i}")[1] for i in range(1000)
+        }
+        types |= {cache.render(f"text/plain; version={i}")[1] for i in range(1000)}
+    assert types <= {
+        "text/plain; version=0.0.4; charset=utf-8",
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    }

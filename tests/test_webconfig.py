@@ -4,10 +4,13 @@ client against the exporter process; and the validation of the file itself."""
 from __future__ import annotations
 
 import base64
+import io
+import logging
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -18,9 +21,10 @@ import bcrypt
 import httpx
 import pytest
 
-from exporter import webconfig
+from exporter import logs, webconfig
 from exporter.errors import ConfigError
 from exporter.simulator import Simulator
+from exporter.web import WebServer
 from tests.conftest import free_port, record_log, require_tool
 from tests.harness import sim_project
 from tests.servers import Exporter
@@ -331,18 +335,14 @@ def test_configured_headers_are_added_to_every_answer(tls_with_auth: Served, pki
         assert answer.headers["strict-transport-security"] == "max-age=31536000"
 
 
-def test_plain_http_to_the_tls_port_gets_no_http_answer(tls_with_auth: Served, pki: Pki) -> None:
+def test_plain_http_to_the_tls_port_gets_a_400_that_says_so(
+    tls_with_auth: Served, pki: Pki
+) -> None:
     port = tls_with_auth.exporter.port
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(f"http://127.0.0.1:{port}/metrics", auth=(USER, PASSWORD), timeout=5)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        try:
-            reply = sock.recv(4096)
-        except OSError:
-            reply = b""
-    assert not reply.startswith(b"HTTP/"), reply[:80]
-    # The failed handshakes did not hurt the server.
+    answer = httpx.get(f"http://127.0.0.1:{port}/metrics", auth=(USER, PASSWORD), timeout=5)
+    assert answer.status_code == 400
+    assert answer.text == "Client sent an HTTP request to an HTTPS server.\n"
+    # The plain requests did not hurt the server.
     assert _get(tls_with_auth, pki, "/metrics", (USER, PASSWORD)).status_code == 200
 
 
@@ -416,6 +416,10 @@ def _invalid_cases(pki: Pki) -> dict[str, tuple[str, str]]:
         "truncated-bcrypt-hash": (
             f"basic_auth_users:\n  {USER}: '{_hash(PASSWORD)[:-4]}'\n",
             f"basic_auth_users.{USER}: must be a bcrypt hash",
+        ),
+        "max-version-below-the-default-minimum": (
+            tls + "  max_version: TLS11\n",
+            "tls_server_config.max_version: TLS11 is below min_version TLS12",
         ),
         "client-auth-without-ca": (
             tls + "  client_auth_type: RequireAndVerifyClientCert\n",
@@ -622,3 +626,84 @@ def test_the_guard_adds_headers_without_users_and_needs_no_password() -> None:
     status, headers = _call(config.wrap(_inner), None)
     assert status == "200 OK"
     assert headers["X-Frame-Options"] == "sameorigin"
+
+
+# -- basic auth under abuse ----------------------------------------------------------------------
+
+
+def _timed(app: Any, authorization: str) -> tuple[str, float]:
+    started = time.monotonic()
+    status, _ = _call(app, authorization)
+    return status, time.monotonic() - started
+
+
+def test_every_refusal_lasts_as_long_as_the_costliest_check_whoever_is_asked() -> None:
+    cheap, dear = _hash(PASSWORD), bcrypt.hashpw(b"x", bcrypt.gensalt(rounds=11)).decode()
+    guard = webconfig.WebConfig(users={"cheap": cheap.encode(), "dear": dear.encode()}).wrap(_inner)
+    _, dear_failure = _timed(guard, _basic("dear", "wrong"))  # measures the dear cost
+    for who in ("cheap", "nobody", "dear"):
+        status, took = _timed(guard, _basic(who, "wrong"))
+        assert status.startswith("401")
+        assert took >= 0.8 * dear_failure, (who, took, dear_failure)
+    for header in ("Basic !!!", "Bearer x", _basic("cheap", "p" * 100)):
+        status, took = _timed(guard, header)
+        assert status.startswith("401")
+        assert took >= 0.8 * dear_failure, (header, took, dear_failure)
+
+
+def test_a_long_password_with_control_characters_is_refused_without_an_error_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    guard = webconfig.WebConfig(users={USER: _hash(PASSWORD).encode()}).wrap(_inner)
+    caplog.set_level(logging.DEBUG)
+    status, _ = _call(guard, _basic(USER + "\x1b[2J\n", "\x1b" * 80))
+    assert status.startswith("401")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_wrong_passwords_from_many_clients_leave_a_verified_scrape_fast() -> None:
+    guard = webconfig.WebConfig(
+        users={USER: bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10))}
+    ).wrap(_inner)
+    good = _basic(USER, PASSWORD)
+    assert _call(guard, good)[0] == "200 OK"  # verified once, remembered
+    stop = threading.Event()
+
+    def attack() -> None:
+        while not stop.is_set():
+            _call(guard, _basic(USER, "wrong"))
+
+    attackers = [threading.Thread(target=attack, daemon=True) for _ in range(32)]
+    for thread in attackers:
+        thread.start()
+    try:
+        seconds = []
+        for _ in range(50):
+            seconds.append(_timed(guard, good)[1])
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join(timeout=30)
+    assert max(seconds) < 0.5, max(seconds)
+
+
+def test_request_lines_are_logged_escaped() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    logs.setup("debug", "logfmt", stream)
+    try:
+        server = WebServer(_inner, ("127.0.0.1", 0))
+        server.start()
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(b"GET /\x1b[31mred\r\x07 HTTP/1.0\r\n\r\n")
+                sock.recv(4096)
+        finally:
+            server.stop()
+    finally:
+        root.handlers[:], root.level = handlers, level
+    text = stream.getvalue()
+    assert "http" in text
+    assert "\x1b" not in text and "\x07" not in text and "\r" not in text
