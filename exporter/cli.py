@@ -378,13 +378,15 @@ def run_backtest(args: argparse.Namespace) -> int:
     step = parse_duration(args.step)
     try:
         rules = load_rules(args.rules or shipped_rules())
+        code = EXIT_OK
         if args.trace:
             histories = [trace_history_from_flags(args)]
         else:
             loaded = _backtest_fetch(args)
             if isinstance(loaded, int):
                 return loaded
-            histories = answer_histories(*loaded)
+            config, fetched, now, code = loaded
+            histories = answer_histories(config, fetched, now)
         result = backtest_run(histories, rules, step, args.prometheus_url, progress=stderr_progress)
     except (RulesError, TraceError) as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")
@@ -397,28 +399,31 @@ def run_backtest(args: argparse.Namespace) -> int:
         return 130
     render = to_json if args.format == "json" else to_table
     sys.stdout.write(render(result))
-    return EXIT_OK
+    return code
 
 
-def _backtest_fetch(
-    args: argparse.Namespace,
-) -> tuple[Config, list[tuple[ProjectConfig, UsageReport]], datetime] | int:
-    """The 90 days of history of every project; the demo's with crossings to judge."""
+def _backtest_fetch(args: argparse.Namespace) -> tuple[Config, Fetched, datetime, int] | int:
+    """The 90 days of history of every project that answered (the demo's with crossings to
+    judge) and the exit code (1 when a project failed: its error is on stderr)."""
     now = datetime.now(UTC)
     if not args.demo:
         loaded = _one_shot_fetch(args, _progress_bar)
-        return loaded if isinstance(loaded, int) else (*loaded, now)
+        if isinstance(loaded, int):
+            return loaded
+        config, fetched, code = loaded
+        return (config, fetched, now, code) if fetched else code
     simulator = Simulator(demo_with_crossings(now))
     simulator.start()
     try:
         config = demo_targets(_demo_config(simulator))
-        fetched = _fetch_all(config, _progress_bar)
+        fetched, failures = _fetch_all(config, _progress_bar)
     finally:
         simulator.stop()
-    if isinstance(fetched, str):
-        sys.stderr.write(f"{PROG}: error: {fetched}\n")
+    for failure in failures:
+        sys.stderr.write(f"{PROG}: error: {failure}\n")
+    if not fetched:
         return EXIT_FAILURE
-    return config, fetched, now
+    return config, fetched, now, EXIT_FAILURE if failures else EXIT_OK
 
 
 def _demo_config(simulator: Simulator) -> Config:
