@@ -280,9 +280,10 @@ def _backtest(
     origin and the simple estimate is the mean of its last `window` days, as a run rate over
     `window` days of the cycle would be; both totals for the span are compared with what
     happened. The structured model is scored with each of TREND_DAMPINGS and keeps the one with
-    the smaller squared log error: a trend is damped hard unless this project's past showed it
-    carrying on. It keeps the whole weight unless it lost: then its weight is the simple
-    estimate's mean squared log error over its own (lost by 2x: half the weight).
+    the smaller squared log error: the trend is damped hard where this project's past trends
+    turned within the span, lightly where they carried on. It keeps the whole weight unless it
+    lost: then its weight is the simple estimate's mean squared log error over its own (lost by
+    2x: half the weight).
     When the simple estimate now departs from the structured one further than in any backtest
     (a step, a spike: a situation the past did not contain), the past says nothing about it and
     the structured model keeps the whole weight. The combined forecast's errors give the band.
