@@ -18,7 +18,8 @@ FIT_WINDOW_DAYS = 28  # four whole weeks: recent enough to follow growth, long e
 MIN_TREND_DAYS = 14  # fewer than two weeks cannot tell a trend from noise and the weekly rhythm
 MIN_SEGMENT_DAYS = 3  # a level shift must hold for three whole days before it is believed
 # Per-day damping of the trend, chosen per project by its own backtest (ties: the first):
-# 0.98 lets a trend lose half its strength in about five weeks, 0.9 in about a week.
+# 0.98 lets a trend lose half its strength in about five weeks, 0.9 in about a week. Unlike the
+# other defaults, 0.9 was picked on the real series' tuning years (docs/forecasting.md).
 TREND_DAMPINGS = (0.98, 0.9)
 WEEKDAY_PRIOR_WEEKS = 2.0  # weekday factors are shrunk toward 1 as if seen on 2 flat weeks
 BACKTEST_ORIGINS = 21  # the band comes from the model's own errors from the last 21 days' origins
