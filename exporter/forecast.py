@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -16,7 +17,10 @@ _DAY = timedelta(days=1)
 FIT_WINDOW_DAYS = 28  # four whole weeks: recent enough to follow growth, long enough to be robust
 MIN_TREND_DAYS = 14  # fewer than two weeks cannot tell a trend from noise and the weekly rhythm
 MIN_SEGMENT_DAYS = 3  # a level shift must hold for three whole days before it is believed
-TREND_DAMPING = 0.98  # per day: a trend loses half its strength in about five weeks
+# Per-day damping of the trend, chosen per project by its own backtest (ties: the first):
+# 0.98 lets a trend lose half its strength in about five weeks, 0.9 in about a week. Unlike the
+# other defaults, 0.9 was picked on the real series' tuning years (docs/forecasting.md).
+TREND_DAMPINGS = (0.98, 0.9)
 WEEKDAY_PRIOR_WEEKS = 2.0  # weekday factors are shrunk toward 1 as if seen on 2 flat weeks
 BACKTEST_ORIGINS = 21  # the band comes from the model's own errors from the last 21 days' origins
 PRIOR_LOG_SD = 0.3  # error assumed before any backtest exists (about 30%) ...
@@ -48,12 +52,14 @@ class _Model:
     slope: float  # per day on that log scale, after shrinkage
     noise: float  # robust standard deviation of daily residuals on that log scale
     factors: tuple[float, ...]  # by date.weekday(); mean 1
+    damping: float = TREND_DAMPINGS[0]  # per day, of the trend
 
     def expected(self, day: date) -> float:
         """Mean Posts expected on `day` (lognormal mean, not median)."""
         steps = max((day - self.anchor).days, 0)
         # Damped trend: day h ahead moves by slope x (phi + phi^2 + ... + phi^h).
-        damped = TREND_DAMPING * (1.0 - TREND_DAMPING**steps) / (1.0 - TREND_DAMPING)
+        phi = self.damping
+        damped = phi * (1.0 - phi**steps) / (1.0 - phi)
         log_mean = self.level + self.slope * damped + self.noise * self.noise / 2.0
         return max(0.0, math.expm1(min(log_mean, MAX_LOG_POSTS))) * self.factors[day.weekday()]
 
@@ -100,7 +106,7 @@ def forecast_cycle(
         anchor = max(history)
         model = _fit(history, raw, shrunk, anchor)
         window = max(round(elapsed), 1)
-        weight, log_sd = _backtest(history, raw, shrunk, model, horizon, window)
+        model, weight, log_sd = _backtest(history, raw, shrunk, model, horizon, window)
         if elapsed >= 1.0:
             simple_rate = max(consumed, 0) / elapsed
         else:
@@ -267,15 +273,18 @@ def _backtest(
     model: _Model,
     horizon: float,
     window: int,
-) -> tuple[float, float]:
-    """The structured model's weight in the forecast, and the log-scale RMS error of the result.
+) -> tuple[_Model, float, float]:
+    """The structured model with its damping, its weight, and the log-scale RMS error of the result.
 
     From each of the last BACKTEST_ORIGINS days that leave a full span of history after them
     (the span as long as `horizon`), the structured model is fitted on the days up to that
     origin and the simple estimate is the mean of its last `window` days, as a run rate over
     `window` days of the cycle would be; both totals for the span are compared with what
-    happened. The structured model keeps the whole weight unless it lost: then its weight is
-    the simple estimate's mean squared log error over its own (lost by 2x: half the weight).
+    happened. The structured model is scored with each of TREND_DAMPINGS and keeps the one with
+    the smaller squared log error: the trend is damped hard where this project's past trends
+    turned within the span, lightly where they carried on. It keeps the whole weight unless it
+    lost: then its weight is the simple estimate's mean squared log error over its own (lost by
+    2x: half the weight).
     When the simple estimate now departs from the structured one further than in any backtest
     (a step, a spike: a situation the past did not contain), the past says nothing about it and
     the structured model keeps the whole weight. The combined forecast's errors give the band.
@@ -287,7 +296,7 @@ def _backtest(
     span = max(round(horizon), 1)
     known_days = (anchor - min(history)).days + 1
     span = min(span, known_days - MIN_SEGMENT_DAYS)
-    cases: list[tuple[float, float, float]] = []  # (actual, structured, simple) totals
+    cases: list[tuple[float, tuple[float, ...], float]] = []  # (actual, structured, simple)
     for back in range(BACKTEST_ORIGINS if span >= 1 else 0):
         origin = anchor - (span + back) * _DAY
         train = {d: v for d, v in history.items() if d <= origin}
@@ -297,24 +306,33 @@ def _backtest(
         if 2 * len(seen) <= span:
             continue
         past = _fit(train, raw, shrunk, max(train))
-        structured = sum(past.expected(d) for d in seen)
+        structured = tuple(
+            sum(map(dataclasses.replace(past, damping=phi).expected, seen))
+            for phi in TREND_DAMPINGS
+        )
         simple = _recent_mean(train, max(train), window) * len(seen)
         cases.append((sum(history[d] for d in seen), structured, simple))
+    best = min(
+        range(len(TREND_DAMPINGS)),
+        key=lambda j: sum(_log_error(a, m[j]) ** 2 for a, m, _ in cases),
+    )
+    model = dataclasses.replace(model, damping=TREND_DAMPINGS[best])
+    scored = [(a, m[best], s) for a, m, s in cases]
     prior = PRIOR_WEIGHT * PRIOR_LOG_SD**2
-    structured_sq = prior + sum(_log_error(a, m) ** 2 for a, m, _ in cases)
-    simple_sq = prior + sum(_log_error(a, s) ** 2 for a, _, s in cases)
+    structured_sq = prior + sum(_log_error(a, m) ** 2 for a, m, _ in scored)
+    simple_sq = prior + sum(_log_error(a, s) ** 2 for a, _, s in scored)
     weight = min(simple_sq / structured_sq, 1.0)
     ahead = [anchor + k * _DAY for k in range(1, max(span, 1) + 1)]
     gap = _log_error(
         _recent_mean(history, anchor, window) * len(ahead), sum(map(model.expected, ahead))
     )
-    if abs(gap) > max((abs(_log_error(s, m)) for _, m, s in cases), default=0.0):
+    if abs(gap) > max((abs(_log_error(s, m)) for _, m, s in scored), default=0.0):
         weight = 1.0
-    squares = prior + sum(_log_error(a, weight * m + (1.0 - weight) * s) ** 2 for a, m, s in cases)
-    log_sd = math.sqrt(squares / (len(cases) + PRIOR_WEIGHT))
-    if cases and span < horizon:
+    squares = prior + sum(_log_error(a, weight * m + (1.0 - weight) * s) ** 2 for a, m, s in scored)
+    log_sd = math.sqrt(squares / (len(scored) + PRIOR_WEIGHT))
+    if scored and span < horizon:
         log_sd *= math.sqrt(horizon / span)
-    return weight, log_sd
+    return model, weight, log_sd
 
 
 def _log_error(actual: float, expected: float) -> float:

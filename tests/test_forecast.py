@@ -6,9 +6,11 @@ import math
 import statistics
 from datetime import UTC, date, datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import exporter.forecast as forecast_module
 from benchmarks.forecast import forecast_case, run_rate
 from benchmarks.traces import CYCLE_POINTS, PATTERNS, make_case
 from exporter.forecast import Forecast, daily_baseline, forecast_cycle
@@ -214,6 +216,46 @@ def test_a_spike_unlike_anything_in_the_past_keeps_the_run_rate_out() -> None:
     daily = three_week_wave(today) | {today - DAY: 100_000}
     consumed = sum(v for d, v in daily.items() if d >= CYCLE_START.date())
     assert run_rate_share(daily, consumed) == 0.0
+
+
+# Earning its trend: the damping the project's own past supports
+
+
+def triangle_wave_cycle(today: date, rise_days: int) -> tuple[dict[date, int], int, float]:
+    """History, consumed and true cycle total of usage that rises and falls by 50% in turn.
+
+    The forecast is asked at noon on day 6, at the top of a rise of `rise_days` days.
+    """
+
+    def posts(k: int) -> float:  # k days before today; negative: the future
+        position = (rise_days - k) % (2 * rise_days)
+        return 10_000 * math.exp(0.4 * (1 - abs(position - rise_days) / rise_days))
+
+    daily = {today - k * DAY: round(posts(k)) for k in range(1, 91)}
+    daily[today] = round(posts(0) / 2)
+    consumed = sum(v for d, v in daily.items() if d >= CYCLE_START.date())
+    rest = posts(0) / 2 + sum(posts(-k) for k in range(1, (CYCLE_END.date() - today).days))
+    return daily, consumed, consumed + rest
+
+
+def test_growth_that_carried_on_in_the_past_keeps_the_light_damping() -> None:
+    now = CYCLE_START + 5.5 * DAY
+    today = now.date()
+    daily = {today - k * DAY: round(10_000 * math.exp(-0.02 * k)) for k in range(1, 91)}
+    daily[today] = 5000  # on pace: 2% a day compound growth, every day for 90 days
+    consumed = sum(v for d, v in daily.items() if d >= CYCLE_START.date())
+    truth = consumed + 5000 + sum(10_000 * math.exp(0.02 * k) for k in range(1, 25))
+    result = forecast(daily, consumed=consumed, now=now)
+    assert abs(result.projected / truth - 1.0) < 0.06  # damped hard (0.9 a day): 12% too low
+
+
+def test_rises_that_turned_in_the_past_are_damped_hard(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = CYCLE_START + 5.5 * DAY
+    daily, consumed, truth = triangle_wave_cycle(now.date(), rise_days=14)
+    chosen = forecast(daily, consumed=consumed, now=now).projected
+    monkeypatch.setattr(forecast_module, "TREND_DAMPINGS", forecast_module.TREND_DAMPINGS[:1])
+    light = forecast(daily, consumed=consumed, now=now).projected
+    assert truth < chosen < light  # both overshoot the turn; the hard damping by less
 
 
 # The partial current day
