@@ -231,6 +231,9 @@ def classify(
         if retry_at is None or retry_at <= time.time():
             retry_at = time.time() + _DEFAULT_RATE_LIMIT_WAIT
         return UpstreamError(Reason.RATE_LIMITED, described, status=status, retry_at=retry_at)
+    if status == 402:
+        # CreditsDepleted: every billed request fails until the account is topped up.
+        return UpstreamError(Reason.CREDITS_DEPLETED, described, status=status)
     if status >= 500:
         return UpstreamError(Reason.SERVER_ERROR, described, status=status)
     return UpstreamError(Reason.CLIENT_ERROR, described, status=status)

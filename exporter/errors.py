@@ -29,6 +29,7 @@ class Reason(StrEnum):
     TIMEOUT = "timeout"
     NETWORK = "network"
     PARSE = "parse"
+    CREDITS_DEPLETED = "credits_depleted"  # 402 CreditsDepleted: prepaid credits used up
 
 
 class UpstreamError(ExporterError):

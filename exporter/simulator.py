@@ -31,6 +31,7 @@ class Fault(StrEnum):
     MALFORMED = "malformed"  # 200 with a body that is not JSON
     BAD_FIELD = "bad_field"  # 200 with project_usage that is not a number
     SLOW = "slow"  # answers after `delay` seconds
+    CREDITS_DEPLETED = "credits_depleted"  # 402 CreditsDepleted: prepaid credits used up
 
 
 @dataclass
@@ -287,14 +288,13 @@ class Simulator:
         if parts.path == "/2/usage/credits":
             if project.credits is None:
                 return 404, {"content-length": "0"}, b""
-            prepaid = project.credits["prepaid_balance"]
-            free = project.credits["free_balance"]
-            data = {
-                "total_balance": max(0.0, prepaid + free),
-                "prepaid_balance": prepaid,
-                "free_balance": free,
-                "free_grants": [{"amount": free, "expires_at": "2027-01-01T00:00:00.000Z"}],
-            }
+            # Some accounts answer only some balances: send the ones the project has.
+            data: dict[str, Any] = dict(project.credits)
+            prepaid, free = data.get("prepaid_balance"), data.get("free_balance")
+            if prepaid is not None and free is not None:
+                data["total_balance"] = max(0.0, prepaid + free)
+            if free is not None:
+                data["free_grants"] = [{"amount": free, "expires_at": "2027-01-01T00:00:00.000Z"}]
             return _json(200, {"data": data}, limit_headers)
         query = parse_qs(parts.query)
         days = int(query.get("days", ["7"])[0])
@@ -356,6 +356,15 @@ class Simulator:
                 "scope": "Product",
             }
             return _json(429, body, limit_headers, "application/problem+json")
+        if fault is Fault.CREDITS_DEPLETED:
+            depleted = {
+                "title": "CreditsDepleted",
+                "detail": "Your enrolled account does not have any credits to fulfill this "
+                "request.",
+                "type": f"{PROBLEMS}/credits",
+                "account_id": 1460987654321098752,
+            }
+            return _json(402, depleted, limit_headers, "application/problem+json")
         if fault is Fault.UNAUTHORIZED:
             return _problem(401, "Unauthorized", "about:blank", "Unauthorized")
         if fault is Fault.FORBIDDEN:
