@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import threading
 import time
@@ -316,7 +317,8 @@ class Simulator:
         headers = {
             "x-rate-limit-limit": str(limit),
             "x-rate-limit-remaining": str(remaining),
-            "x-rate-limit-reset": str(int(window.started + self.window_seconds)),
+            # Rounded up: a reset announced before the window really ends invites a 429.
+            "x-rate-limit-reset": str(math.ceil(window.started + self.window_seconds)),
         }
         return headers, limited
 
@@ -345,7 +347,8 @@ class Simulator:
         if fault is Fault.RATE_LIMIT:
             headers = dict(limit_headers)
             headers["x-rate-limit-remaining"] = "0"
-            headers["x-rate-limit-reset"] = str(int(time.time() + plan.reset_after))
+            # Rounded up, so the wait is never shorter than reset_after (int() cut up to 1 s).
+            headers["x-rate-limit-reset"] = str(math.ceil(time.time() + plan.reset_after))
             return _problem(429, "Too Many Requests", "about:blank", "Too Many Requests", headers)
         if fault is Fault.USAGE_CAPPED:
             body = {
