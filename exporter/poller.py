@@ -91,8 +91,8 @@ class ProjectPoller:
         reason: str | None = None
         message: str | None = None
         blocked = _Blocked(
-            previous.status.usage_capped,
-            previous.status.capped_until,
+            previous.status.capped_at(now),
+            previous.status.capped_until if previous.status.capped_at(now) else None,
             previous.status.credits_depleted,
         )
         try:

@@ -82,6 +82,7 @@ def test_the_capped_flag_of_an_ended_cycle_is_not_served_in_the_new_one(tmp_path
         h.simulator.set_fault(Fault.SERVER_ERROR, project_id="1001")
         h.poll()  # failing polls after the reset do not bring the old flag back
         assert h.value("xapi_project_usage_capped", **KNOWN) is None
+        assert h.store.states["p0"].status.usage_capped is False  # nor the landing page
         assert h.value("xapi_project_posts_consumed", **KNOWN) is None
 
         h.simulator.set_fault(Fault.USAGE_CAPPED, project_id="1001")
