@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench bench-forecast sync-chart dashboards clean
+.PHONY: run test lint typecheck pytest bench bench-forecast mutation sync-chart dashboards clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench: $(STAMP)
 
 bench-forecast: $(STAMP)
 	$(BIN)/python -m benchmarks.forecast
+
+# Mutation testing of the pure modules (slow, not in CI): docs/mutation.md has the last scores.
+mutation: $(STAMP)
+	$(BIN)/python -m tests.mutation billing parse snapshot forecast
 
 # The chart cannot read outside its directory: it carries copies that a test keeps equal.
 sync-chart:
