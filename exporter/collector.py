@@ -175,7 +175,7 @@ class UsageCollector(Collector):
         }
         depletion = f.gauge(
             "xapi_credits_depletion_timestamp_seconds",
-            "When the credit balance runs out at the last 7 days' Post-read spend.",
+            "When the credit balance runs out at the mean Post-read spend of the last 7 days held.",
             ["project"],
         )
         success = f.gauge(
