@@ -55,7 +55,7 @@ def cycle_for(now: datetime, cap_reset_day: int, means: CapResetDayMeans) -> Cyc
         year, month = _shift_month(end.year, end.month, -1)
         return Cycle(_reset_instant(year, month, end.day), end)
 
-    day = min(max(cap_reset_day, 1), 31)
+    day = max(cap_reset_day, 1)  # past the month's last day is its last day (_reset_instant)
     this_month = _reset_instant(now.year, now.month, day)
     if now >= this_month:
         year, month = _shift_month(now.year, now.month, 1)
@@ -86,7 +86,7 @@ def reset_day_of_month(cap_reset_day: int | None, means: CapResetDayMeans, now: 
     if day is None:
         return FALLBACK_CAP_RESET_DAY
     if means is CapResetDayMeans.DAY_OF_MONTH:
-        return min(max(day, 1), 31)
+        return max(day, 1)
     return cycle_for(now, day, CapResetDayMeans.DAYS_REMAINING).end.day
 
 

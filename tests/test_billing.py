@@ -202,3 +202,21 @@ def test_consumption_exactly_at_the_cap_is_full_utilization() -> None:
     usage = build_usage(report, now=_utc(2026, 11, 23, 12), means=DOM, post_read_usd=0.005)
     assert usage.utilization == 1.0
     assert usage.spend == 10_000.0
+
+
+def test_credits_depletion_uses_exactly_the_last_seven_complete_days() -> None:
+    now = _utc(2026, 11, 23, 12)
+    # Yesterday back to 7 days ago: 1000..7000 Posts (mean 4000, $20 a day); 8 days ago and
+    # today are far off and must not count.
+    daily = {date(2026, 11, 23 - offset): 1_000 * offset for offset in range(1, 8)}
+    daily[date(2026, 11, 15)] = 10**6
+    daily[date(2026, 11, 23)] = 10**6
+    assert credits_depletion(200.0, daily, now, 0.005) == now + timedelta(days=10)
+    assert credits_depletion(200.0, daily, now, 0.005, days=1) == now + timedelta(days=40)
+
+
+def test_no_spend_in_the_window_is_no_depletion_time() -> None:
+    now = _utc(2026, 11, 23, 12)
+    daily = {date(2026, 11, 22): 0, date(2026, 11, 21): 0, date(2026, 11, 23): 0}
+    assert credits_depletion(200.0, daily, now, 0.005) is None
+    assert credits_depletion(200.0, {date(2026, 11, 23): 0}, now, 0.005) is None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -104,3 +104,12 @@ def test_a_state_mapping_cannot_be_edited_by_a_reader() -> None:
     with pytest.raises(TypeError):
         states["b"] = ProjectState(_project("b"))  # type: ignore[index]
     assert sorted(store.states) == ["a"]
+
+
+def test_the_history_window_keeps_exactly_a_hundred_days() -> None:
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    oldest, too_old = now.date() - timedelta(days=100), now.date() - timedelta(days=101)
+    usage = build_usage(
+        _report(daily={oldest: 1, too_old: 2}), now=now, means=DOM, post_read_usd=0.005
+    )
+    assert dict(usage.daily) == {oldest: 1}
