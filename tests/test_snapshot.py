@@ -113,3 +113,13 @@ def test_the_history_window_keeps_exactly_a_hundred_days() -> None:
         _report(daily={oldest: 1, too_old: 2}), now=now, means=DOM, post_read_usd=0.005
     )
     assert dict(usage.daily) == {oldest: 1}
+
+
+def test_a_day_the_answer_has_not_reached_yet_counts_nothing_today() -> None:
+    """Days are listed up to the last one with usage: no entry for today is no Post today."""
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    yesterday = now.date() - timedelta(days=1)
+    report = _report(daily={yesterday: 5}, apps={"7": {yesterday: 5}})
+    usage = build_usage(report, now=now, means=DOM, post_read_usd=0.005)
+    assert usage.consumed_today == 0
+    assert [(app.app_id, app.consumed, app.today) for app in usage.apps] == [("7", 5, 0)]
