@@ -64,6 +64,7 @@ class SimProject:
         default_factory=lambda: {"prepaid_balance": 250.0, "free_balance": 25.0}
     )
     user_token: bool = False  # a user-context token: 403 unsupported-authentication
+    api_errors: tuple[str, ...] = ()  # titles of an `errors` list sent beside `data`
     added: dict[tuple[str, date], int] = field(default_factory=dict)
 
     def day_usage(self, app_id: str, day: date, now: datetime) -> int:
@@ -160,10 +161,15 @@ class SimProject:
         else:  # the documented default set
             for key in ("daily_project_usage", "daily_client_app_usage"):
                 data.pop(key, None)
+        answer: dict[str, Any] = {"data": data}
+        if self.api_errors:
+            answer["errors"] = [
+                {"title": title, "type": "about:blank"} for title in self.api_errors
+            ]
         if self.extra_fields:
             data["billing_region"] = "global"
-            return {"data": data, "meta": {"generated_by": "simulator"}}
-        return {"data": data}
+            answer["meta"] = {"generated_by": "simulator"}
+        return answer
 
 
 @dataclass
