@@ -124,6 +124,15 @@ def test_apps_alone_give_the_project_s_days() -> None:
             ],
             "data: none of project_usage, daily_project_usage, daily_client_app_usage is present",
         ),
+        (lambda d: d.update(project_usage=-500), "data.project_usage: expected a count, got -500"),
+        (
+            lambda d: d.update(project_usage="a" * 38),
+            f'data.project_usage: expected a count, got "{"a" * 38}"',
+        ),
+        (
+            lambda d: d.update(project_usage="a" * 39),
+            f'data.project_usage: expected a count, got "{"a" * 36}...',
+        ),
         # Refusals the fuzz tests cannot tell from a wrong acceptance (issue 10, item 17).
         (lambda d: d.update(project_id=True), "data.project_id: expected an id, got bool"),
         (lambda d: d.update(project_id=[1]), "data.project_id: expected an id, got list"),
@@ -389,3 +398,10 @@ def test_the_count_limits_are_exact() -> None:
     assert parse_usage(payload).invalid == ()
     payload["data"]["cap_reset_day"] = 32
     assert parse_usage(payload).invalid == ("cap_reset_day",)
+
+
+def test_a_problem_s_own_title_wins_over_an_errors_list() -> None:
+    both = parse_problem(b'{"title":"UsageCapExceeded","errors":[{"title":"Other"}]}')
+    assert both.title == "UsageCapExceeded"
+    assert parse_problem(b'{"errors":"not a list"}').title == ""
+    assert parse_problem(b'{"errors":[]}').title == ""
