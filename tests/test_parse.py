@@ -133,6 +133,10 @@ def test_apps_alone_give_the_project_s_days() -> None:
             lambda d: d.update(project_usage="a" * 39),
             f'data.project_usage: expected a count, got "{"a" * 36}...',
         ),
+        (
+            lambda d: d["daily_project_usage"]["usage"][2].update(date=20261118),
+            "data.daily_project_usage.usage[2].date: expected a date, got 20261118",
+        ),
         # Refusals the fuzz tests cannot tell from a wrong acceptance (issue 10, item 17).
         (lambda d: d.update(project_id=True), "data.project_id: expected an id, got bool"),
         (lambda d: d.update(project_id=[1]), "data.project_id: expected an id, got list"),
