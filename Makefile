@@ -10,7 +10,7 @@ RUN_STAMP := $(RUN_VENV)/.installed
 # The runtime dependencies, read from pyproject.toml so that the list lives in one place.
 RUNTIME_DEPS = $(shell $(PYTHON) -c 'import tomllib; print(" ".join(repr(d) for d in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')
 
-.PHONY: run test lint typecheck pytest bench bench-forecast bench-alerts sync-chart dashboards clean
+.PHONY: run test lint typecheck pytest bench bench-forecast bench-alerts mutation sync-chart dashboards clean
 
 $(STAMP): pyproject.toml
 	@echo ">> $(VENV): installing the development dependencies (once; about a minute)"
@@ -57,6 +57,10 @@ bench-forecast: $(STAMP)
 
 bench-alerts: $(STAMP)
 	$(BIN)/python -m benchmarks.alerts_backtest
+
+# Mutation testing of the pure modules (slow, not in CI): docs/mutation.md has the last scores.
+mutation: $(STAMP)
+	$(BIN)/python -m tests.mutation billing parse snapshot forecast
 
 # The chart cannot read outside its directory: it carries copies that a test keeps equal.
 sync-chart:

@@ -8,11 +8,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from exporter.config import CapResetDayMeans
+from exporter.parse import MAX_CAP_RESET_DAY
 
 # Without cap_reset_day (the overview-page shape) the cycle is taken to be the calendar month.
 FALLBACK_CAP_RESET_DAY = 1
 # xAI credit reward rate by cumulative spend in a billing cycle (applies to the whole amount).
 REWARD_TIERS: tuple[tuple[float, float], ...] = ((1000.0, 0.20), (500.0, 0.15), (200.0, 0.10))
+# Today's pace stands in for the daily mean only after this much of the day: a few minutes of
+# data would page on noise.
+MIN_PACE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,13 +48,14 @@ def cycle_for(now: datetime, cap_reset_day: int, means: CapResetDayMeans) -> Cyc
     day of shorter months). days_remaining: it resets that many days after today's 00:00 UTC, and
     the cycle began on the same day of the month before.
     """
+    now = now.astimezone(UTC)  # the reset is at 00:00 UTC, whatever zone the clock is in
     if means is CapResetDayMeans.DAYS_REMAINING:
         midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
         end = midnight + timedelta(days=max(cap_reset_day, 1))
         year, month = _shift_month(end.year, end.month, -1)
         return Cycle(_reset_instant(year, month, end.day), end)
 
-    day = min(max(cap_reset_day, 1), 31)
+    day = max(cap_reset_day, 1)  # past the month's last day is its last day (_reset_instant)
     this_month = _reset_instant(now.year, now.month, day)
     if now >= this_month:
         year, month = _shift_month(now.year, now.month, 1)
@@ -59,12 +64,30 @@ def cycle_for(now: datetime, cap_reset_day: int, means: CapResetDayMeans) -> Cyc
     return Cycle(_reset_instant(year, month, day), this_month)
 
 
+def usable_reset_day(cap_reset_day: int | None) -> int | None:
+    """cap_reset_day if the cycle math can use it: absent or past 31 fits neither reading."""
+    if cap_reset_day is None or not 0 <= cap_reset_day <= MAX_CAP_RESET_DAY:
+        return None
+    return cap_reset_day
+
+
+def cycle_of(now: datetime, cap_reset_day: int | None, means: CapResetDayMeans) -> Cycle:
+    """The cycle containing `now` for a raw cap_reset_day; the calendar month under either reading
+    when the value is absent or impossible (a fallback of "1 day left" would end it tomorrow)."""
+    day = usable_reset_day(cap_reset_day)
+    if day is None:
+        return cycle_for(now, FALLBACK_CAP_RESET_DAY, CapResetDayMeans.DAY_OF_MONTH)
+    return cycle_for(now, day, means)
+
+
 def reset_day_of_month(cap_reset_day: int | None, means: CapResetDayMeans, now: datetime) -> int:
     """The day of the month the cap resets on, whichever reading of cap_reset_day is in use."""
-    raw = FALLBACK_CAP_RESET_DAY if cap_reset_day is None else cap_reset_day
+    day = usable_reset_day(cap_reset_day)
+    if day is None:
+        return FALLBACK_CAP_RESET_DAY
     if means is CapResetDayMeans.DAY_OF_MONTH:
-        return raw
-    return cycle_for(now, raw, CapResetDayMeans.DAYS_REMAINING).end.day
+        return max(day, 1)
+    return cycle_for(now, day, CapResetDayMeans.DAYS_REMAINING).end.day
 
 
 def sum_in_cycle(daily: Mapping[date, int], cycle: Cycle, until: date) -> int:
@@ -93,10 +116,27 @@ def spend_to_next_tier(spend: float) -> float | None:
 def credits_depletion(
     balance: float, daily: Mapping[date, int], now: datetime, post_read_usd: float, days: int = 7
 ) -> datetime | None:
-    """When the balance runs out at the mean Post-read spend of the last `days` complete days."""
+    """When the balance runs out at the mean Post-read spend of the last `days` complete days.
+
+    The mean is over the days the data holds (a day it lacks is unknown, not a day without
+    spend); with no complete day yet, today's pace so far stands in.
+    """
+    now = now.astimezone(UTC)
     today = now.date()
-    window = [daily.get(today - timedelta(days=offset), 0) for offset in range(1, days + 1)]
-    per_day = spend_usd(sum(window) / days, post_read_usd)
+    window = [
+        daily[day]
+        for day in (today - timedelta(days=offset) for offset in range(1, days + 1))
+        if day in daily
+    ]
+    if window:
+        posts_per_day = sum(window) / len(window)
+    else:
+        midnight = datetime(today.year, today.month, today.day, tzinfo=UTC)
+        elapsed = (now - midnight).total_seconds()
+        if elapsed < MIN_PACE_SECONDS or today not in daily:
+            return None
+        posts_per_day = daily[today] / elapsed * 86400
+    per_day = spend_usd(posts_per_day, post_read_usd)
     if per_day <= 0:
         return None
     # Capped at a century so that a tiny spend rate never overflows a datetime.

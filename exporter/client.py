@@ -467,6 +467,9 @@ def classify(
             return UpstreamError(Reason.USAGE_CAPPED, described, status=status)
         retry_at = rate_limit.retry_at(time.time())
         return UpstreamError(Reason.RATE_LIMITED, described, status=status, retry_at=retry_at)
+    if status == 402:
+        # CreditsDepleted: every billed request fails until the account is topped up.
+        return UpstreamError(Reason.CREDITS_DEPLETED, described, status=status)
     if status >= 500:
         return UpstreamError(Reason.SERVER_ERROR, described, status=status)
     return UpstreamError(Reason.CLIENT_ERROR, described, status=status)

@@ -11,13 +11,14 @@ from prometheus_client.registry import Collector
 from exporter import __version__, billing
 from exporter.client import Endpoint
 from exporter.errors import Reason
-from exporter.parse import USAGE_FIELDS
 from exporter.poller import TOKEN_REASON, utc_now
-from exporter.snapshot import ProjectState, Store
+from exporter.snapshot import UNKNOWN_PROJECT_ID, ProjectState, Store
 
 PROJECT = ["project", "project_id"]
 APP = ["project", "project_id", "app_id"]
 CACHED = "Cached: refreshed every poll_interval, never fetched at scrape time."
+# The exporter's own facts (version, configuration) are current at every scrape: no CACHED note.
+CURRENT = "Current at scrape time."
 POLL_REASONS = [reason.value for reason in Reason] + [TOKEN_REASON]
 
 
@@ -27,8 +28,10 @@ class _Families:
     def __init__(self) -> None:
         self.items: list[Metric] = []
 
-    def gauge(self, name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
-        family = GaugeMetricFamily(name, f"{doc} {CACHED}", labels=labels)
+    def gauge(
+        self, name: str, doc: str, labels: list[str], note: str = CACHED
+    ) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, f"{doc} {note}", labels=labels)
         self.items.append(family)
         return family
 
@@ -111,7 +114,12 @@ class UsageCollector(Collector):
         )
         capped = f.gauge(
             "xapi_project_usage_capped",
-            "1 while the X API answers UsageCapExceeded for this project.",
+            "1 while the X API answers UsageCapExceeded for this project, in this billing cycle.",
+            PROJECT,
+        )
+        depleted = f.gauge(
+            "xapi_project_credits_depleted",
+            "1 while the X API answers 402 CreditsDepleted: every billed request fails.",
             PROJECT,
         )
         price = f.gauge(
@@ -145,6 +153,16 @@ class UsageCollector(Collector):
             "1 for each documented field the last usage answer lacked.",
             ["project", "field"],
         )
+        invalid = f.gauge(
+            "xapi_exporter_response_invalid_field",
+            "1 for each field the last usage answer carried but not as documented.",
+            ["project", "field"],
+        )
+        error_entries = f.gauge(
+            "xapi_exporter_response_error_entries",
+            "Entries of the errors list the last usage answer carried beside its data.",
+            ["project"],
+        )
         credits_available = f.gauge(
             "xapi_credits_available", "1 when /2/usage/credits answers.", ["project"]
         )
@@ -157,7 +175,7 @@ class UsageCollector(Collector):
         }
         depletion = f.gauge(
             "xapi_credits_depletion_timestamp_seconds",
-            "When the credit balance runs out at the last 7 days' Post-read spend.",
+            "When the credit balance runs out at the mean Post-read spend of the last 7 days held.",
             ["project"],
         )
         success = f.gauge(
@@ -211,21 +229,35 @@ class UsageCollector(Collector):
                 credits_available.add_metric([name], 1 if state.credits.available else 0)
                 balance = state.credits.balance
                 if state.credits.available and balance is not None:
-                    credit_families["total"].add_metric([name], balance.total_balance)
-                    credit_families["prepaid"].add_metric([name], balance.prepaid_balance)
-                    credit_families["free"].add_metric([name], balance.free_balance)
+                    for key, amount in (
+                        ("total", balance.total_balance),
+                        ("prepaid", balance.prepaid_balance),
+                        ("free", balance.free_balance),
+                    ):
+                        if amount is not None:
+                            credit_families[key].add_metric([name], amount)
                     if state.credits.depletion is not None:
                         depletion.add_metric([name], state.credits.depletion.timestamp())
             usage = state.usage
+            project_id = usage.project_id if usage is not None else UNKNOWN_PROJECT_ID
+            labels = [name, project_id]
+            # The blocked states page from the first poll, with or without a good answer before.
+            if state.status.success is not None:
+                depleted.add_metric(labels, 1 if state.status.credits_depleted else 0)
+            cycle_current = usage is not None and now < usage.cycle.end
+            if state.status.capped_at(now):
+                capped.add_metric(labels, 1)
+            elif cycle_current:
+                capped.add_metric(labels, 0)
             if usage is None:
                 continue
-            labels = [name, usage.project_id]
             info.add_metric(labels, 1)
-            for field in USAGE_FIELDS:
-                if field in usage.missing:
-                    missing.add_metric([name, field], 1)
+            for field in usage.missing:
+                missing.add_metric([name, field], 1)
+            for field in usage.invalid:
+                invalid.add_metric([name, field], 1)
+            error_entries.add_metric([name], len(usage.api_errors))
             price.add_metric(labels, usage.post_read_usd)
-            capped.add_metric(labels, 1 if state.status.usage_capped else 0)
             if usage.cap is not None:
                 cap.add_metric(labels, usage.cap)
             if usage.cap_reset_day is not None:
@@ -242,7 +274,7 @@ class UsageCollector(Collector):
                 today.add_metric(labels, usage.consumed_today)
                 for app in usage.apps:
                     app_today.add_metric([*labels, app.app_id], app.today)
-            if now >= usage.cycle.end:
+            if not cycle_current:
                 # The cycle this answer describes is over: its totals are not the new cycle's.
                 continue
             cycle_start.add_metric(labels, usage.cycle.start.timestamp())
@@ -265,22 +297,24 @@ class UsageCollector(Collector):
                 app_consumed.add_metric([*labels, app.app_id], app.consumed)
 
         config_status = self._store.config_status
-        f.gauge("xapi_exporter_poll_interval_seconds", "Configured poll_interval.", []).add_metric(
-            [], config_status.poll_interval
-        )
+        f.gauge(
+            "xapi_exporter_poll_interval_seconds", "Configured poll_interval.", [], CURRENT
+        ).add_metric([], config_status.poll_interval)
         f.gauge(
             "xapi_exporter_config_last_reload_successful",
             "1 if the last configuration (re)load succeeded.",
             [],
+            CURRENT,
         ).add_metric([], 1 if config_status.last_reload_ok else 0)
         f.gauge(
             "xapi_exporter_config_last_reload_success_timestamp_seconds",
             "When the configuration was last loaded successfully.",
             [],
+            CURRENT,
         ).add_metric([], config_status.last_reload_success)
-        f.gauge("xapi_exporter_build_info", "Exporter version, always 1.", ["version"]).add_metric(
-            [__version__], 1
-        )
+        f.gauge(
+            "xapi_exporter_build_info", "Exporter version, always 1.", ["version"], CURRENT
+        ).add_metric([__version__], 1)
         yield from f.items
 
     @staticmethod

@@ -30,6 +30,7 @@ class Reason(StrEnum):
     NETWORK = "network"
     PARSE = "parse"
     TOO_LARGE = "too_large"  # an answer beyond a bound: body size, App count, id length
+    CREDITS_DEPLETED = "credits_depleted"  # 402 CreditsDepleted: prepaid credits used up
 
 
 class UpstreamError(ExporterError):

@@ -34,13 +34,28 @@ class UsageReport:
     apps: Mapping[str, Mapping[date, int]]  # per client App per day
     missing: tuple[str, ...] = ()  # documented fields the answer did not carry
     api_errors: tuple[str, ...] = ()  # titles from an `errors` list beside `data`
+    invalid: tuple[str, ...] = ()  # fields the answer carried but not as documented
+
+
+# Neither reading of cap_reset_day (a day of the month, days until the reset) goes past 31.
+MAX_CAP_RESET_DAY = 31
 
 
 @dataclass(frozen=True, slots=True)
 class Credits:
-    total_balance: float
-    prepaid_balance: float
-    free_balance: float
+    """The balances of /2/usage/credits; a balance the answer did not carry is None."""
+
+    total_balance: float | None
+    prepaid_balance: float | None
+    free_balance: float | None
+
+    @property
+    def balance(self) -> float:
+        """What is left to spend: total_balance, else the sum of the balances present."""
+        if self.total_balance is not None:
+            return self.total_balance
+        parts = [b for b in (self.prepaid_balance, self.free_balance) if b is not None]
+        return max(0.0, sum(parts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,38 +85,50 @@ def decode_json(body: bytes) -> object:
 
 
 def parse_usage(payload: object) -> UsageReport:
-    """Parse a usage answer of either documented shape; ParseError names the bad field."""
+    """Parse a usage answer of any shape seen in the wild; ParseError names the bad field.
+
+    A figure is either read, or its field is named in `missing` or `invalid`: never a silent 0.
+    """
     data = _data_object(payload)
     missing = [name for name in USAGE_FIELDS if name not in data]
+    found = _Found()
     daily_raw = data.get("daily_project_usage")
+    app_raw = data.get("daily_client_app_usage")
     project_usage = _count(data.get("project_usage"), "data.project_usage")
-    if daily_raw is None and project_usage is None:
-        raise ParseError("data: neither project_usage nor daily_project_usage is present")
+    if daily_raw is None and app_raw is None and project_usage is None:
+        raise ParseError(
+            "data: none of project_usage, daily_project_usage, daily_client_app_usage is present"
+        )
 
     daily: dict[date, int] = {}
     apps: dict[str, dict[date, int]] = {}
     if isinstance(daily_raw, list):
-        # Overview-page shape: [{date, usage: [{app_id, tweets_consumed}]}].
-        daily, apps = _parse_overview_days(daily_raw)
+        # Overview-page shape: [{date, usage: [{app_id, tweets_consumed}]}] and its variants.
+        daily, apps = _parse_overview_days(daily_raw, found)
         if "daily_client_app_usage" in missing:
             missing.remove("daily_client_app_usage")  # the apps are inside the daily entries
     elif isinstance(daily_raw, Mapping):
-        daily = _parse_day_counts(daily_raw.get("usage"), "data.daily_project_usage.usage")
+        path = "data.daily_project_usage.usage"
+        daily = _parse_day_counts(daily_raw.get("usage"), path, found, "daily_project_usage")
     elif daily_raw is not None:
         raise ParseError(f"data.daily_project_usage: unexpected {type(daily_raw).__name__}")
 
-    app_raw = data.get("daily_client_app_usage")
     if app_raw is not None:
         if not isinstance(app_raw, list):
             raise ParseError("data.daily_client_app_usage: expected a list")
+        if app_raw:
+            # Both shapes in one answer describe the same Apps twice: the reference list wins.
+            apps = {}
         for index, entry in enumerate(app_raw):
             path = f"data.daily_client_app_usage[{index}]"
             entry_map = _mapping(entry, path)
             app_id = _app_id(entry_map.get("client_app_id"), f"{path}.client_app_id")
-            days = _parse_day_counts(entry_map.get("usage"), f"{path}.usage")
+            days = _parse_day_counts(
+                entry_map.get("usage"), f"{path}.usage", found, "daily_client_app_usage"
+            )
             merged = apps.setdefault(app_id, {})
             for day, count in days.items():
-                merged[day] = merged.get(day, 0) + count
+                found.put(merged, day, count, "daily_client_app_usage", add=app_id == UNKNOWN_APP)
 
     if daily_raw is None:
         # No project series: the project's day is the sum of its Apps' days.
@@ -110,12 +137,13 @@ def parse_usage(payload: object) -> UsageReport:
                 daily[day] = daily.get(day, 0) + count
 
     project_id = data.get("project_id")
-    if project_id is not None and not isinstance(project_id, str | int):
-        raise ParseError("data.project_id: expected a string")
+    if project_id is not None and (
+        isinstance(project_id, bool) or not isinstance(project_id, str | int)
+    ):
+        raise ParseError(f"data.project_id: expected an id, got {_kind(project_id)}")
     cap_reset_day = _count(data.get("cap_reset_day"), "data.cap_reset_day")
-    if cap_reset_day is not None and cap_reset_day > 31:
-        # Neither reading (a day of the month, days until the reset) goes past 31.
-        raise ParseError(f"data.cap_reset_day: expected 0 to 31, got {cap_reset_day}")
+    if cap_reset_day is not None and cap_reset_day > MAX_CAP_RESET_DAY:
+        found.invalid.add("cap_reset_day")  # kept raw; the cycle math falls back (billing)
     return UsageReport(
         project_id=None if project_id is None else str(project_id),
         cap=_count(data.get("project_cap"), "data.project_cap"),
@@ -123,18 +151,23 @@ def parse_usage(payload: object) -> UsageReport:
         project_usage=project_usage,
         daily=daily,
         apps=apps,
-        missing=tuple(missing),
+        missing=tuple(missing) + tuple(sorted(found.missing)),
         api_errors=_error_titles(payload),
+        invalid=tuple(sorted(found.invalid)),
     )
 
 
 def parse_credits(payload: object) -> Credits:
+    """Whichever balances the answer carries; ParseError when it carries none."""
     data = _data_object(payload)
-    return Credits(
+    credits = Credits(
         total_balance=_money(data.get("total_balance"), "data.total_balance"),
         prepaid_balance=_money(data.get("prepaid_balance"), "data.prepaid_balance"),
         free_balance=_money(data.get("free_balance"), "data.free_balance"),
     )
+    if (credits.total_balance, credits.prepaid_balance, credits.free_balance) == (None,) * 3:
+        raise ParseError("data: none of total_balance, prepaid_balance, free_balance is present")
+    return credits
 
 
 def parse_problem(body: bytes) -> Problem:
@@ -212,8 +245,11 @@ def _count(value: object, path: str) -> int | None:
     return number
 
 
-def _money(value: object, path: str) -> float:
-    if isinstance(value, bool) or value is None:
+def _money(value: object, path: str) -> float | None:
+    """An amount sent as a number or a numeric string; null or absent is None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
         raise ParseError(f"{path}: expected an amount, got {_kind(value)}")
     try:
         amount = float(value) if isinstance(value, int | float | str) else float("nan")
@@ -249,8 +285,34 @@ def _app_id(value: object, path: str) -> str:
     return str(value) or UNKNOWN_APP
 
 
-def _parse_day_counts(raw: object, path: str) -> dict[date, int]:
-    """[{date, usage}] into {day: count}; a null count is a day with no recorded usage."""
+class _Found:
+    """What a parse noticed beside the figures: missing sub-fields, duplicates, odd values."""
+
+    def __init__(self) -> None:
+        self.missing: set[str] = set()
+        self.invalid: set[str] = set()
+
+    def put(self, series: dict[date, int], day: date, count: int, field: str, *, add: bool) -> None:
+        """Record a day's count. A repeated day is the same day sent twice: keep the larger
+        count and flag the field, never sum it (add=True only for distinct Apps without an id)."""
+        if day in series and not add:
+            self.invalid.add(field)
+            series[day] = max(series[day], count)
+        else:
+            series[day] = series.get(day, 0) + count
+
+
+def _day_count(entry: Mapping[str, Any], path: str) -> int | None:
+    """A day's own count: `usage` as a number, or `tweets_consumed`; null is 0 (documented as a
+    day with no recorded usage); None when the day carries no count of its own."""
+    for key in ("usage", "tweets_consumed"):
+        if key in entry and not isinstance(entry[key], list):
+            return _count(entry[key], f"{path}.{key}") or 0
+    return None
+
+
+def _parse_day_counts(raw: object, path: str, found: _Found, field: str) -> dict[date, int]:
+    """[{date, usage}] into {day: count}; a day without a count is skipped and reported."""
     if raw is None:
         return {}
     if not isinstance(raw, list):
@@ -259,32 +321,46 @@ def _parse_day_counts(raw: object, path: str) -> dict[date, int]:
     for index, entry in enumerate(raw):
         entry_map = _mapping(entry, f"{path}[{index}]")
         day = _day(entry_map.get("date"), f"{path}[{index}].date")
-        count = _count(entry_map.get("usage"), f"{path}[{index}].usage") or 0
-        days[day] = days.get(day, 0) + count
+        count = _day_count(entry_map, f"{path}[{index}]")
+        if count is None:
+            if "usage" in entry_map:
+                raise ParseError(f"{path}[{index}].usage: expected a count, got list")
+            found.missing.add(f"{field}.usage")
+            continue
+        found.put(days, day, count, field, add=False)
     return days
 
 
 def _parse_overview_days(
-    raw: Sequence[object],
+    raw: Sequence[object], found: _Found
 ) -> tuple[dict[date, int], dict[str, dict[date, int]]]:
+    """The list shape: each day nests per-App counts, or carries its own count, or both."""
+    field = "daily_project_usage"
     daily: dict[date, int] = {}
     apps: dict[str, dict[date, int]] = {}
     for index, entry in enumerate(raw):
         path = f"data.daily_project_usage[{index}]"
         entry_map = _mapping(entry, path)
         day = _day(entry_map.get("date"), f"{path}.date")
+        own = _day_count(entry_map, path)
         usage = entry_map.get("usage")
-        if usage is None:
-            daily.setdefault(day, 0)
-            continue
         if not isinstance(usage, list):
-            raise ParseError(f"{path}.usage: expected a list, got {_kind(usage)}")
+            if own is None:
+                found.missing.add(f"{field}.usage")
+            else:
+                found.put(daily, day, own, field, add=False)
+            continue
+        total = 0
         for app_index, app_entry in enumerate(usage):
             app_path = f"{path}.usage[{app_index}]"
             app_map = _mapping(app_entry, app_path)
             app_id = _app_id(app_map.get("app_id"), f"{app_path}.app_id")
+            if "tweets_consumed" not in app_map:
+                found.missing.add(f"{field}.usage.tweets_consumed")
+                continue
             count = _count(app_map.get("tweets_consumed"), f"{app_path}.tweets_consumed") or 0
-            daily[day] = daily.get(day, 0) + count
-            per_app = apps.setdefault(app_id, {})
-            per_app[day] = per_app.get(day, 0) + count
+            total += count
+            found.put(apps.setdefault(app_id, {}), day, count, field, add=app_id == UNKNOWN_APP)
+        # A day that also carries its own count: that is the project's figure for the day.
+        found.put(daily, day, total if own is None else own, field, add=False)
     return daily, apps

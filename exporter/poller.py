@@ -8,7 +8,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -96,6 +96,15 @@ class Slot:
                 self._store.put(replace(state, project=project))
 
 
+@dataclass(frozen=True, slots=True)
+class _Blocked:
+    """The X API's refusals that outlast one poll: the cap 429 and the 402 CreditsDepleted."""
+
+    capped: bool
+    capped_until: datetime | None
+    credits_depleted: bool
+
+
 class ProjectPoller:
     """Polls one project. Only its own job calls poll(), so its fields need no lock."""
 
@@ -142,15 +151,25 @@ class ProjectPoller:
         credits = previous.credits
         reason: str | None = None
         message: str | None = None
-        capped = previous.status.usage_capped
+        blocked = _Blocked(
+            previous.status.capped_at(now),
+            previous.status.capped_until if previous.status.capped_at(now) else None,
+            previous.status.credits_depleted,
+        )
         try:
             usage, credits = self._poll_once(now, attempts, credits)
-            capped = False
+            blocked = _Blocked(False, None, False)
         except UpstreamError as exc:
             reason, message = exc.reason.value, str(exc)
             if exc.reason is Reason.RATE_LIMITED and exc.retry_at is not None:
                 self.blocked_until = max(self.blocked_until, exc.retry_at)
-            capped = capped or exc.reason is Reason.USAGE_CAPPED
+            if exc.reason is Reason.USAGE_CAPPED:
+                # Capped until the cycle ends: the last answer's reset day, else the month's end.
+                reset_day = usage.cap_reset_day if usage is not None else None
+                end = billing.cycle_of(now, reset_day, self.config.cap_reset_day_means).end
+                blocked = replace(blocked, capped=True, capped_until=end)
+            if exc.reason is Reason.CREDITS_DEPLETED:
+                blocked = replace(blocked, credits_depleted=True)
         except TokenError as exc:
             reason, message = TOKEN_REASON, str(exc)
         except Exception as exc:  # the job's edge: log it, show it, keep polling
@@ -158,7 +177,7 @@ class ProjectPoller:
             reason, message = Reason.PARSE.value, safe_text(f"{type(exc).__name__}: {exc}")
 
         duration = time.monotonic() - started
-        status = self._status(previous.status, attempts, now, duration, reason, message, capped)
+        status = self._status(previous.status, attempts, now, duration, reason, message, blocked)
         self._store.put(
             replace(
                 previous,
@@ -175,9 +194,23 @@ class ProjectPoller:
         )
         if reason is None:
             log.debug("poll ok project=%s duration=%.3fs", self.project.name, duration)
+            self._log_oddities(usage, previous.usage)
         elif reason != previous.status.error_reason:
             log.warning(
                 "poll failed project=%s reason=%s err=%s", self.project.name, reason, message
+            )
+
+    def _log_oddities(self, usage: UsageSnapshot | None, previous: UsageSnapshot | None) -> None:
+        """Say once, when it changes, what the answer carried beside its figures."""
+        if usage is None:
+            return
+        before = (previous.api_errors, previous.invalid) if previous else ((), ())
+        if (usage.api_errors, usage.invalid) != before and (usage.api_errors or usage.invalid):
+            log.warning(
+                "answer not as documented project=%s errors=%s invalid_fields=%s",
+                self.project.name,
+                ",".join(usage.api_errors),
+                ",".join(usage.invalid),
             )
 
     def _poll_once(
@@ -235,7 +268,7 @@ class ProjectPoller:
             )
             return previous
         depletion = billing.credits_depletion(
-            balance.total_balance, usage.daily, now, usage.post_read_usd
+            balance.balance, usage.daily, now, usage.post_read_usd
         )
         return CreditsSnapshot(available=True, balance=balance, depletion=depletion)
 
@@ -247,7 +280,7 @@ class ProjectPoller:
         duration: float,
         reason: str | None,
         message: str | None,
-        capped: bool,
+        blocked: _Blocked,
     ) -> PollStatus:
         limits = [a.rate_limit for a in attempts if a.endpoint is Endpoint.USAGE and a.rate_limit]
         last = limits[-1] if limits else None
@@ -266,7 +299,9 @@ class ProjectPoller:
             rate_limit_reset=(
                 last.reset if last and last.reset is not None else previous.rate_limit_reset
             ),
-            usage_capped=capped,
+            usage_capped=blocked.capped,
+            capped_until=blocked.capped_until,
+            credits_depleted=blocked.credits_depleted,
         )
 
 

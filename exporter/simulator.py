@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import threading
 import time
@@ -33,6 +34,7 @@ class Fault(StrEnum):
     BAD_FIELD = "bad_field"  # 200 with project_usage that is not a number
     SLOW = "slow"  # answers after `delay` seconds
     TRICKLE = "trickle"  # the usual answer, one byte every `delay` seconds
+    CREDITS_DEPLETED = "credits_depleted"  # 402 CreditsDepleted: prepaid credits used up
 
 
 @dataclass
@@ -65,6 +67,7 @@ class SimProject:
     )
     user_token: bool = False  # a user-context token: 403 unsupported-authentication
     error_every: int = 0  # every Nth usage request answers 503 overloaded (the demo's hiccups)
+    api_errors: tuple[str, ...] = ()  # titles of an `errors` list sent beside `data`
     added: dict[tuple[str, date], int] = field(default_factory=dict)
 
     def day_usage(self, app_id: str, day: date, now: datetime) -> int:
@@ -161,10 +164,15 @@ class SimProject:
         else:  # the documented default set
             for key in ("daily_project_usage", "daily_client_app_usage"):
                 data.pop(key, None)
+        answer: dict[str, Any] = {"data": data}
+        if self.api_errors:
+            answer["errors"] = [
+                {"title": title, "type": "about:blank"} for title in self.api_errors
+            ]
         if self.extra_fields:
             data["billing_region"] = "global"
-            return {"data": data, "meta": {"generated_by": "simulator"}}
-        return {"data": data}
+            answer["meta"] = {"generated_by": "simulator"}
+        return answer
 
 
 @dataclass
@@ -306,14 +314,13 @@ class Simulator:
         if parts.path == "/2/usage/credits":
             if project.credits is None:
                 return 404, {"content-length": "0"}, b""
-            prepaid = project.credits["prepaid_balance"]
-            free = project.credits["free_balance"]
-            data = {
-                "total_balance": max(0.0, prepaid + free),
-                "prepaid_balance": prepaid,
-                "free_balance": free,
-                "free_grants": [{"amount": free, "expires_at": "2027-01-01T00:00:00.000Z"}],
-            }
+            # Some accounts answer only some balances: send the ones the project has.
+            data: dict[str, Any] = dict(project.credits)
+            prepaid, free = data.get("prepaid_balance"), data.get("free_balance")
+            if prepaid is not None and free is not None:
+                data["total_balance"] = max(0.0, prepaid + free)
+            if free is not None:
+                data["free_grants"] = [{"amount": free, "expires_at": "2027-01-01T00:00:00.000Z"}]
             return _json(200, {"data": data}, limit_headers)
         query = parse_qs(parts.query)
         days = int(query.get("days", ["7"])[0])
@@ -337,7 +344,8 @@ class Simulator:
         headers = {
             "x-rate-limit-limit": str(limit),
             "x-rate-limit-remaining": str(remaining),
-            "x-rate-limit-reset": str(int(window.started + self.window_seconds)),
+            # Rounded up: a reset announced before the window really ends invites a 429.
+            "x-rate-limit-reset": str(math.ceil(window.started + self.window_seconds)),
         }
         return headers, limited
 
@@ -368,7 +376,8 @@ class Simulator:
         if fault is Fault.RATE_LIMIT:
             headers = dict(limit_headers)
             headers["x-rate-limit-remaining"] = "0"
-            headers["x-rate-limit-reset"] = str(int(time.time() + plan.reset_after))
+            # Rounded up, so the wait is never shorter than reset_after (int() cut up to 1 s).
+            headers["x-rate-limit-reset"] = str(math.ceil(time.time() + plan.reset_after))
             return _problem(429, "Too Many Requests", "about:blank", "Too Many Requests", headers)
         if fault is Fault.USAGE_CAPPED:
             body = {
@@ -379,6 +388,15 @@ class Simulator:
                 "scope": "Product",
             }
             return _json(429, body, limit_headers, "application/problem+json")
+        if fault is Fault.CREDITS_DEPLETED:
+            depleted = {
+                "title": "CreditsDepleted",
+                "detail": "Your enrolled account does not have any credits to fulfill this "
+                "request.",
+                "type": f"{PROBLEMS}/credits",
+                "account_id": 1460987654321098752,
+            }
+            return _json(402, depleted, limit_headers, "application/problem+json")
         if fault is Fault.UNAUTHORIZED:
             return _problem(401, "Unauthorized", "about:blank", "Unauthorized")
         if fault is Fault.FORBIDDEN:

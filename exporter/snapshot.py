@@ -42,6 +42,8 @@ class UsageSnapshot:
     apps: tuple[AppUsage, ...]
     daily: Mapping[date, int]
     missing: tuple[str, ...]
+    invalid: tuple[str, ...] = ()  # fields the answer carried but not as documented
+    api_errors: tuple[str, ...] = ()  # titles of an `errors` list beside `data`
 
     @property
     def today(self) -> date:
@@ -90,7 +92,13 @@ class PollStatus:
     duration: float | None = None
     rate_limit_remaining: int | None = None
     rate_limit_reset: float | None = None
-    usage_capped: bool = False
+    usage_capped: bool = False  # the X API answered UsageCapExceeded ...
+    capped_until: datetime | None = None  # ... and that holds until this cycle end at most
+    credits_depleted: bool = False  # the X API answered 402 CreditsDepleted
+
+    def capped_at(self, now: datetime) -> bool:
+        """Whether the cap refusal still applies: a cap never outlives its billing cycle."""
+        return self.usage_capped and (self.capped_until is None or now < self.capped_until)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,10 +115,7 @@ def build_usage(
     report: UsageReport, *, now: datetime, means: CapResetDayMeans, post_read_usd: float
 ) -> UsageSnapshot:
     """Combine one parsed answer with the cycle math and the forecast (pure)."""
-    reset_day = (
-        billing.FALLBACK_CAP_RESET_DAY if report.cap_reset_day is None else report.cap_reset_day
-    )
-    cycle = billing.cycle_for(now, reset_day, means)
+    cycle = billing.cycle_of(now, report.cap_reset_day, means)
     today = now.date()
     daily = {day: n for day, n in report.daily.items() if today - HISTORY_WINDOW <= day <= today}
     consumed = report.project_usage
@@ -142,6 +147,8 @@ def build_usage(
         apps=apps,
         daily=MappingProxyType(daily),
         missing=report.missing,
+        invalid=report.invalid,
+        api_errors=report.api_errors,
     )
 
 

@@ -718,14 +718,18 @@ def overview() -> Json:
         ),
         stat(
             10,
-            "Reads refused (usage capped)",
-            about="Is the X API refusing Post reads right now because the monthly cap is reached?",
+            "Requests refused (capped, out of credits)",
+            about="Is the X API refusing requests right now because the monthly cap is reached "
+            "(Post reads) or the prepaid credits are used up (every billed request)?",
             pos=g.place(4, 6),
-            queries=[Query(selector("xapi_project_usage_capped"), "{{project}}")],
+            queries=[
+                Query(selector("xapi_project_usage_capped"), "{{project}}: cap"),
+                Query(selector("xapi_project_credits_depleted"), "{{project}}: credits"),
+            ],
             fields=field_config(
                 "none",
                 thresholds=steps(("green", None), ("red", 1)),
-                mappings=value_text({"0": ("reads allowed", "green"), "1": ("CAPPED", "red")}),
+                mappings=value_text({"0": ("allowed", "green"), "1": ("REFUSED", "red")}),
             ),
         ),
         stat(
@@ -1274,15 +1278,24 @@ def exporter_health() -> Json:
         ),
         stat(
             19,
-            "Fields missing from the last answer",
-            about="Which documented fields did the last usage answer lack (the exporter then "
-            "falls back, e.g. to the calendar month)?",
+            "Fields missing or odd in the last answer",
+            about="Which documented fields did the last usage answer lack or carry not as "
+            "documented, and did it carry errors beside its data (the exporter then falls back, "
+            "e.g. to the calendar month; docs/metrics.md lists each case)?",
             pos=g.place(6, 8),
             queries=[
                 Query(
                     f"{selector('xapi_exporter_response_missing_field')} == 1",
-                    "{{project}}: {{field}}",
-                )
+                    "{{project}}: {{field}} missing",
+                ),
+                Query(
+                    f"{selector('xapi_exporter_response_invalid_field')} == 1",
+                    "{{project}}: {{field}} invalid",
+                ),
+                Query(
+                    f"{selector('xapi_exporter_response_error_entries')} > 0",
+                    "{{project}}: errors beside data",
+                ),
             ],
             fields=field_config("none", thresholds=steps(("orange", None)), no_value="none"),
             text_mode="name",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
@@ -10,12 +10,15 @@ from exporter.billing import (
     Cycle,
     credits_depletion,
     cycle_for,
+    cycle_of,
     reset_day_of_month,
     reward_ratio,
     spend_to_next_tier,
     sum_in_cycle,
 )
 from exporter.config import CapResetDayMeans
+from exporter.parse import parse_usage
+from exporter.snapshot import build_usage
 
 DOM = CapResetDayMeans.DAY_OF_MONTH
 LEFT = CapResetDayMeans.DAYS_REMAINING
@@ -79,7 +82,7 @@ def test_the_reset_day_of_month_under_either_reading() -> None:
     assert reset_day_of_month(10, DOM, now) == 10
     assert reset_day_of_month(17, LEFT, now) == 10  # Nov 23 + 17 days = Dec 10
     assert reset_day_of_month(None, DOM, now) == 1  # unknown: the calendar month
-    assert reset_day_of_month(None, LEFT, now) == 24  # unknown read as "1 day left"
+    assert reset_day_of_month(None, LEFT, now) == 1  # unknown: the calendar month too
 
 
 def test_cycle_totals_count_only_the_cycle_s_days_up_to_today() -> None:
@@ -116,3 +119,104 @@ def test_credits_run_out_at_the_last_week_s_spend_rate() -> None:
     assert depletion == _utc(2026, 12, 3, 12)
     assert credits_depletion(500.0, {}, now, 0.005) is None
     assert credits_depletion(-20.0, daily, now, 0.005) == now
+
+
+# -- fallbacks and edges (issue 10: items 5, 12, 13, 15) -----------------------------------------
+
+
+@pytest.mark.parametrize("means", [DOM, LEFT])
+@pytest.mark.parametrize("raw", [None, 32, 123])
+def test_an_absent_or_impossible_reset_day_is_the_calendar_month_under_both_readings(
+    means: CapResetDayMeans, raw: int | None
+) -> None:
+    now = _utc(2026, 11, 23, 8)
+    assert cycle_of(now, raw, means) == Cycle(_utc(2026, 11, 1), _utc(2026, 12, 1))
+    assert reset_day_of_month(raw, means, now) == 1
+
+
+def test_a_usable_reset_day_is_used_as_configured() -> None:
+    now = _utc(2026, 11, 23, 8)
+    assert cycle_of(now, 10, DOM) == cycle_for(now, 10, DOM)
+    assert cycle_of(now, 17, LEFT) == cycle_for(now, 17, LEFT)
+    assert cycle_of(now, 31, DOM) == Cycle(_utc(2026, 10, 31), _utc(2026, 11, 30))
+
+
+def test_reset_day_zero_is_clamped_to_day_one_and_to_one_day_left() -> None:
+    now = _utc(2026, 11, 23, 8)
+    assert cycle_for(now, 0, DOM) == Cycle(_utc(2026, 11, 1), _utc(2026, 12, 1))
+    assert reset_day_of_month(0, DOM, now) == 1
+    # days_remaining: 0 days left can only mean the reset is at the next midnight, after now.
+    cycle = cycle_for(now, 0, LEFT)
+    assert cycle.end == _utc(2026, 11, 24) and cycle.end > now
+    assert cycle_of(now, 0, LEFT) == cycle
+
+
+def test_a_clock_in_another_time_zone_gives_the_utc_cycle() -> None:
+    tokyo = timezone(timedelta(hours=9))
+    # 08:00 on Nov 10 in Tokyo is still Nov 9 in UTC: the cycle that ends at Nov 10 00:00 UTC.
+    now = datetime(2026, 11, 10, 8, tzinfo=tokyo)
+    assert cycle_for(now, 10, DOM) == Cycle(_utc(2026, 10, 10), _utc(2026, 11, 10))
+    assert cycle_for(now, 1, LEFT).end == _utc(2026, 11, 10)
+    daily = {date(2026, 11, 8): 2_000}  # $10 on the last complete UTC day, Nov 8
+    assert credits_depletion(10.0, daily, now, 0.005) == now + timedelta(days=1)
+
+
+def test_a_cycle_excludes_its_own_reset_day_and_includes_its_start() -> None:
+    cycle = Cycle(_utc(2026, 11, 10), _utc(2026, 12, 10))
+    assert cycle.contains(date(2026, 11, 10)) and cycle.contains(date(2026, 12, 9))
+    assert not cycle.contains(date(2026, 12, 10)) and not cycle.contains(date(2026, 11, 9))
+    daily = {date(2026, 11, 9): 1, date(2026, 11, 10): 10, date(2026, 12, 10): 100}
+    assert sum_in_cycle(daily, cycle, date(2026, 12, 10)) == 10
+
+
+def test_credits_depletion_averages_the_days_that_exist() -> None:
+    now = _utc(2026, 11, 23, 12)
+    daily = {date(2026, 11, 21): 2_000, date(2026, 11, 22): 2_000}  # $10 a day, two days old
+    assert credits_depletion(100.0, daily, now, 0.005) == now + timedelta(days=10)
+    daily[date(2026, 11, 20)] = 0  # a day the data holds with no spend does count
+    assert credits_depletion(100.0, daily, now, 0.005) == now + timedelta(days=15)
+
+
+def test_credits_depletion_with_no_complete_day_uses_today_s_pace_after_an_hour() -> None:
+    today = {date(2026, 11, 23): 1_000}  # $5 in half a day: $10 a day
+    noon = _utc(2026, 11, 23, 12)
+    assert credits_depletion(100.0, today, noon, 0.005) == noon + timedelta(days=10)
+    assert credits_depletion(100.0, today, _utc(2026, 11, 23), 0.005) is None  # 00:00
+    assert credits_depletion(100.0, today, _utc(2026, 11, 23, 0, 59), 0.005) is None
+    assert credits_depletion(100.0, today, _utc(2026, 11, 23, 1), 0.005) is not None
+    assert credits_depletion(100.0, {}, noon, 0.005) is None
+
+
+def test_a_credits_spend_under_a_dollar_a_day_still_runs_out() -> None:
+    now = _utc(2026, 11, 23, 12)
+    daily = {date(2026, 11, 22): 100}  # $0.50 a day
+    assert credits_depletion(10.0, daily, now, 0.005) == now + timedelta(days=20)
+    century = credits_depletion(10.0**9, daily, now, 0.005)
+    assert century == now + timedelta(seconds=100 * 365 * 86400.0)
+
+
+def test_consumption_exactly_at_the_cap_is_full_utilization() -> None:
+    report = parse_usage(
+        {"data": {"project_usage": "2000000", "project_cap": "2000000", "cap_reset_day": 10}}
+    )
+    usage = build_usage(report, now=_utc(2026, 11, 23, 12), means=DOM, post_read_usd=0.005)
+    assert usage.utilization == 1.0
+    assert usage.spend == 10_000.0
+
+
+def test_credits_depletion_uses_exactly_the_last_seven_complete_days() -> None:
+    now = _utc(2026, 11, 23, 12)
+    # Yesterday back to 7 days ago: 1000..7000 Posts (mean 4000, $20 a day); 8 days ago and
+    # today are far off and must not count.
+    daily = {date(2026, 11, 23 - offset): 1_000 * offset for offset in range(1, 8)}
+    daily[date(2026, 11, 15)] = 10**6
+    daily[date(2026, 11, 23)] = 10**6
+    assert credits_depletion(200.0, daily, now, 0.005) == now + timedelta(days=10)
+    assert credits_depletion(200.0, daily, now, 0.005, days=1) == now + timedelta(days=40)
+
+
+def test_no_spend_in_the_window_is_no_depletion_time() -> None:
+    now = _utc(2026, 11, 23, 12)
+    daily = {date(2026, 11, 22): 0, date(2026, 11, 21): 0, date(2026, 11, 23): 0}
+    assert credits_depletion(200.0, daily, now, 0.005) is None
+    assert credits_depletion(200.0, {date(2026, 11, 23): 0}, now, 0.005) is None

@@ -7,6 +7,7 @@ import os
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -92,7 +93,18 @@ def test_the_golden_figures_are_the_answer_s_figures() -> None:
 def test_help_texts_say_the_values_are_cached_and_no_sample_has_a_timestamp() -> None:
     text = _render(_store(), TAKEN)
     helps = [line for line in text.splitlines() if line.startswith("# HELP")]
-    assert helps and all("Cached: refreshed every poll_interval" in line for line in helps)
+    # The exporter's own facts are current at every scrape: saying "cached" would be untrue.
+    current = {
+        "xapi_exporter_build_info",
+        "xapi_exporter_poll_interval_seconds",
+        "xapi_exporter_config_last_reload_successful",
+        "xapi_exporter_config_last_reload_success_timestamp_seconds",
+    }
+    for line in helps:
+        name = line.split()[2]
+        cached = "Cached: refreshed every poll_interval" in line
+        assert cached is (name not in current), line
+        assert cached or line.endswith("Current at scrape time."), line
     samples = [line for line in text.splitlines() if not line.startswith("#")]
     # name{labels} value, with nothing after the value
     values = [
@@ -129,3 +141,74 @@ def test_promtool_finds_nothing_to_say_about_the_exposition() -> None:
     assert result.stdout.strip() == "" and result.stderr.strip() == "", (
         result.stdout + result.stderr
     )
+
+
+def _odd_store(mutate: Any) -> Store:
+    payload = json.loads((HERE / "usage-answer.json").read_text())
+    mutate(payload["data"])
+    report = parse_usage(payload)
+    usage = build_usage(report, now=TAKEN, means=CapResetDayMeans.DAY_OF_MONTH, post_read_usd=0.005)
+    store = Store(ConfigStatus(300.0, True, 1_795_000_000.0))
+    project = ProjectConfig("production", TokenSource(env="X"), None, None)
+    store.put(ProjectState(project, usage, status=PollStatus(success=True, last_success=TAKEN)))
+    return store
+
+
+def test_an_impossible_cap_reset_day_is_exported_raw_beside_the_calendar_month() -> None:
+    registry = CollectorRegistry()
+    registry.register(
+        UsageCollector(_odd_store(lambda d: d.update(cap_reset_day=123)), clock=lambda: TAKEN)
+    )
+    p = {"project": "production", "project_id": "1460987654321098752"}
+    assert registry.get_sample_value("xapi_project_cap_reset_day", p) == 123
+    assert registry.get_sample_value("xapi_project_cap_posts", p) == 3_000_000
+    assert registry.get_sample_value("xapi_project_posts_consumed", p) == 219_800
+    start = registry.get_sample_value("xapi_project_cycle_start_timestamp_seconds", p)
+    assert start == datetime(2026, 11, 1, tzinfo=UTC).timestamp()
+    invalid = {"project": "production", "field": "cap_reset_day"}
+    assert registry.get_sample_value("xapi_exporter_response_invalid_field", invalid) == 1
+
+
+def test_missing_sub_fields_and_errors_beside_data_are_exported() -> None:
+    def mutate(data: dict[str, Any]) -> None:
+        del data["daily_project_usage"]["usage"][0]["usage"]
+        data["daily_project_usage"]["usage"].append({"date": "2026-11-23", "usage": "1"})
+
+    registry = CollectorRegistry()
+    registry.register(UsageCollector(_odd_store(mutate), clock=lambda: TAKEN))
+    for family, field in (
+        ("xapi_exporter_response_missing_field", "daily_project_usage.usage"),
+        ("xapi_exporter_response_invalid_field", "daily_project_usage"),
+    ):
+        assert registry.get_sample_value(family, {"project": "production", "field": field}) == 1
+    entries = registry.get_sample_value(
+        "xapi_exporter_response_error_entries", {"project": "production"}
+    )
+    assert entries == 1  # the golden answer carries one "Partial Error" beside its data
+
+
+def test_blocked_states_are_exported_without_any_usage_and_capped_ends_with_its_cycle() -> None:
+    store = Store(ConfigStatus(300.0, True, 1_795_000_000.0))
+    project = ProjectConfig("production", TokenSource(env="X"), None, None)
+    end = datetime(2026, 12, 1, tzinfo=UTC)
+    status = PollStatus(
+        success=False,
+        error_reason="usage_capped",
+        usage_capped=True,
+        capped_until=end,
+        credits_depleted=True,
+    )
+    store.put(ProjectState(project, status=status))
+    p = {"project": "production", "project_id": "unknown"}
+
+    def value(name: str, now: datetime) -> float | None:
+        registry = CollectorRegistry()
+        registry.register(UsageCollector(store, clock=lambda: now))
+        return registry.get_sample_value(name, p)
+
+    assert value("xapi_project_usage_capped", TAKEN) == 1
+    assert value("xapi_project_credits_depleted", TAKEN) == 1
+    assert value("xapi_project_usage_capped", end - timedelta(seconds=1)) == 1
+    assert value("xapi_project_usage_capped", end) is None
+    # Credits are not a billing-cycle matter: blocked until an answer says otherwise.
+    assert value("xapi_project_credits_depleted", end) == 1

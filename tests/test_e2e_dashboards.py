@@ -52,16 +52,22 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second exporter whose projects have problems, so that the panels that show problems
-    have something to show: an overview-shape answer (fields missing) and a refused token."""
+    have something to show: an overview-shape answer (fields missing), an answer with an
+    impossible cap_reset_day and errors beside its data, and a refused token."""
     tmp = tmp_path_factory.mktemp("troubled")
-    simulator = Simulator([sim_project("3003", "token-e2e-overview-aaaaaaaa", shape="overview")])
+    odd = sim_project("3004", "token-e2e-odd-cccccccccccc", cap_reset_day=123, api_errors=("x",))
+    simulator = Simulator(
+        [sim_project("3003", "token-e2e-overview-aaaaaaaa", shape="overview"), odd]
+    )
     simulator.start()
     (tmp / "good").write_text("token-e2e-overview-aaaaaaaa")
+    (tmp / "odd").write_text("token-e2e-odd-cccccccccccc")
     (tmp / "revoked").write_text(register_test_token("token-e2e-revoked-bbbbbbbbbb"))
     config = tmp / "config.yml"
     config.write_text(
         f"api_base_url: {simulator.url}\npoll_interval: 2s\n"
         "projects: [{name: overview, bearer_token_file: good},"
+        " {name: odd, bearer_token_file: odd},"
         " {name: revoked, bearer_token_file: revoked}]\n"
     )
     server = Exporter("--config.file", str(config))

@@ -14,10 +14,12 @@ from exporter.errors import Reason
 from exporter.simulator import Fault, SimProject
 from tests.harness import NOW, FakeClock, running, sim_project
 
+_TOKEN_A = "token-aaaaaaaaaaaaaaaaaaaaaaaa"
+
 
 def _projects() -> list[SimProject]:
     return [
-        sim_project("1001", "token-aaaaaaaaaaaaaaaaaaaaaaaa"),
+        sim_project("1001", _TOKEN_A),
         sim_project("2002", "token-bbbbbbbbbbbbbbbbbbbbbbbb", mean_daily=3_000.0, credits=None),
     ]
 
@@ -198,10 +200,25 @@ def test_a_persistent_server_error_stops_after_the_retry_budget(tmp_path: Path) 
         assert sent == 4
 
 
+def test_the_simulated_rate_limit_reset_is_never_sooner_than_announced(tmp_path: Path) -> None:
+    """The flake of test_no_request_is_sent_before_the_rate_limit_reset (issue 10, item 19): the
+    simulator cut the reset time with int(), so "2 s" could be 1.0 s, and four polls on a loaded
+    machine outlived it (the wall-clock assertion failed, or p0 was polled again)."""
+    with running(_projects(), tmp_path) as h:
+        for _ in range(20):
+            before = time.time()
+            h.simulator.set_fault(Fault.RATE_LIMIT, project_id="1001", count=1, reset_after=2.0)
+            status, headers, _ = h.simulator.handle("/2/usage/tweets", "Bearer " + _TOKEN_A)
+            assert status == 429
+            assert int(headers["x-rate-limit-reset"]) >= before + 2.0
+            time.sleep(0.013)  # move through the fractions of a second
+
+
 def test_no_request_is_sent_before_the_rate_limit_reset(tmp_path: Path) -> None:
     with running(_projects(), tmp_path) as h:
         h.start(h.config(poll_interval="1s"))
-        h.simulator.set_fault(Fault.RATE_LIMIT, project_id="1001", count=1, reset_after=2.0)
+        # 3 s: the four polls below must end before the reset even on a loaded machine.
+        h.simulator.set_fault(Fault.RATE_LIMIT, project_id="1001", count=1, reset_after=3.0)
         h.poll()
         sent = h.simulator.request_count("/2/usage/tweets")
         for _ in range(3):

@@ -118,8 +118,56 @@ def test_apps_alone_give_the_project_s_days() -> None:
         ),
         (lambda d: d.update(daily_project_usage="x"), "data.daily_project_usage: unexpected str"),
         (
-            lambda d: [d.pop("project_usage"), d.pop("daily_project_usage")],
-            "data: neither project_usage nor daily_project_usage is present",
+            lambda d: [
+                d.pop(key)
+                for key in ("project_usage", "daily_project_usage", "daily_client_app_usage")
+            ],
+            "data: none of project_usage, daily_project_usage, daily_client_app_usage is present",
+        ),
+        (lambda d: d.update(project_usage=-500), "data.project_usage: expected a count, got -500"),
+        (
+            lambda d: d.update(project_usage="a" * 38),
+            f'data.project_usage: expected a count, got "{"a" * 38}"',
+        ),
+        (
+            lambda d: d.update(project_usage="a" * 39),
+            f'data.project_usage: expected a count, got "{"a" * 36}...',
+        ),
+        (
+            lambda d: d["daily_project_usage"]["usage"][2].update(date=20261118),
+            "data.daily_project_usage.usage[2].date: expected a date, got 20261118",
+        ),
+        # Refusals the fuzz tests cannot tell from a wrong acceptance (issue 10, item 17).
+        (lambda d: d.update(project_id=True), "data.project_id: expected an id, got bool"),
+        (lambda d: d.update(project_id=[1]), "data.project_id: expected an id, got list"),
+        (lambda d: d.update(project_id=1.0), "data.project_id: expected an id, got float"),
+        (
+            lambda d: d["daily_client_app_usage"][0].update(client_app_id=2.5),
+            "data.daily_client_app_usage[0].client_app_id: expected an id, got float",
+        ),
+        (
+            lambda d: d["daily_client_app_usage"][0].update(client_app_id=False),
+            "data.daily_client_app_usage[0].client_app_id: expected an id, got bool",
+        ),
+        (
+            lambda d: d.update(project_usage="1" * 19),
+            'data.project_usage: expected a count, got "1111111111111111111"',
+        ),
+        (
+            lambda d: d.update(project_usage=10**18),
+            "data.project_usage: expected a count, got a number too large",
+        ),
+        (
+            lambda d: d.update(project_usage=" 12 3"),
+            'data.project_usage: expected a count, got " 12 3"',
+        ),
+        (
+            lambda d: d.update(project_usage="١٢"),
+            'data.project_usage: expected a count, got "\\u0661\\u0662"',
+        ),
+        (
+            lambda d: d.update(cap_reset_day=False),
+            "data.cap_reset_day: expected a count, got a boolean",
         ),
     ],
 )
@@ -173,3 +221,191 @@ def test_problem_bodies_tell_a_usage_cap_from_a_rate_limit() -> None:
     wrapped = parse_problem(b'{"errors":[{"title":"UsageCapExceeded","type":"x"}]}')
     assert wrapped.is_usage_cap
     assert parse_problem(b"<html>bad gateway</html>").title == ""
+
+
+# -- real-world shapes (issue 10) ------------------------------------------------------------------
+
+
+def test_a_day_that_carries_its_count_directly_is_read_not_zero() -> None:
+    payload = {
+        "data": {
+            "daily_project_usage": [
+                {"date": "2026-09-04", "usage": [{"app_id": "7", "tweets_consumed": "5"}]},
+                {"date": "2026-09-05", "tweets_consumed": 3},
+                {"date": "2026-09-06T00:00:00.000Z", "usage": "010"},  # flat {date, usage}
+            ],
+            "project_id": "1",
+            "project_cap": "100",
+        }
+    }
+    report = parse_usage(payload)
+    assert report.daily == {date(2026, 9, 4): 5, date(2026, 9, 5): 3, date(2026, 9, 6): 10}
+    assert report.apps == {"7": {date(2026, 9, 4): 5}}
+    assert report.invalid == ()
+
+
+def test_a_day_without_any_count_is_reported_never_a_silent_zero() -> None:
+    payload = {
+        "data": {
+            "daily_project_usage": [
+                {"date": "2026-09-04", "tweets_consumed": 4},
+                {"date": "2026-09-05"},
+                {"date": "2026-09-06", "usage": [{"app_id": "7"}]},
+            ],
+        }
+    }
+    report = parse_usage(payload)
+    assert report.daily == {date(2026, 9, 4): 4, date(2026, 9, 6): 0}
+    assert "daily_project_usage.usage" in report.missing
+    assert "daily_project_usage.usage.tweets_consumed" in report.missing
+    reference = _answer()
+    del reference["data"]["daily_project_usage"]["usage"][0]["usage"]
+    report = parse_usage(reference)
+    assert date(2026, 11, 16) not in report.daily
+    assert "daily_project_usage.usage" in report.missing
+
+
+def test_an_answer_with_only_daily_client_app_usage_serves_the_apps() -> None:
+    payload = _answer()
+    data = payload["data"]
+    payload["data"] = {"daily_client_app_usage": data["daily_client_app_usage"]}
+    report = parse_usage(payload)
+    assert report.apps["29501234"][date(2026, 11, 19)] == 44_800
+    assert report.daily[date(2026, 11, 19)] == 44_800 + 1_200
+    assert set(report.missing) == {
+        "cap_reset_day",
+        "daily_project_usage",
+        "project_cap",
+        "project_id",
+        "project_usage",
+    }
+
+
+def test_an_impossible_cap_reset_day_keeps_the_answer_and_flags_the_field() -> None:
+    payload = _answer()
+    payload["data"]["cap_reset_day"] = 123  # the official generated example
+    report = parse_usage(payload)
+    assert (report.cap_reset_day, report.cap, report.project_usage) == (123, 3_000_000, 219_800)
+    assert report.invalid == ("cap_reset_day",)
+
+
+def test_both_shapes_in_one_answer_count_every_app_once() -> None:
+    payload = {
+        "data": {
+            "daily_project_usage": [
+                {
+                    "date": "2026-09-05",
+                    "usage": [
+                        {"app_id": "7", "tweets_consumed": 30},
+                        {"app_id": "8", "tweets_consumed": 12},
+                    ],
+                }
+            ],
+            "daily_client_app_usage": [
+                {"client_app_id": "7", "usage": [{"date": "2026-09-05", "usage": "30"}]},
+                {"client_app_id": "8", "usage": [{"date": "2026-09-05", "usage": "12"}]},
+            ],
+        }
+    }
+    report = parse_usage(payload)
+    assert report.daily == {date(2026, 9, 5): 42}
+    assert report.apps == {"7": {date(2026, 9, 5): 30}, "8": {date(2026, 9, 5): 12}}
+
+
+def test_a_duplicate_date_is_never_summed_and_is_flagged() -> None:
+    payload = _answer()
+    days = payload["data"]["daily_project_usage"]["usage"]
+    days.append({"date": "2026-11-23", "usage": "27600"})  # the same day again
+    apps = payload["data"]["daily_client_app_usage"]
+    apps[0]["usage"].append({"date": "2026-11-23T00:00:00.000Z", "usage": "27000"})
+    report = parse_usage(payload)
+    assert report.daily[date(2026, 11, 23)] == 27_600
+    assert report.apps["29501234"][date(2026, 11, 23)] == 27_150  # the larger of the two
+    assert report.invalid == ("daily_client_app_usage", "daily_project_usage")
+    listed = {
+        "data": {
+            "daily_project_usage": [
+                {"date": "2026-09-05", "tweets_consumed": 3},
+                {"date": "2026-09-05T12:00:00Z", "tweets_consumed": 3},
+            ]
+        }
+    }
+    report = parse_usage(listed)
+    assert report.daily == {date(2026, 9, 5): 3}
+    assert report.invalid == ("daily_project_usage",)
+
+
+def test_apps_without_an_id_are_distinct_apps_and_add_up() -> None:
+    payload = {
+        "data": {
+            "project_usage": "9",
+            "daily_client_app_usage": [
+                {"client_app_id": None, "usage": [{"date": "2026-09-05", "usage": "4"}]},
+                {"client_app_id": None, "usage": [{"date": "2026-09-05", "usage": "5"}]},
+            ],
+        }
+    }
+    report = parse_usage(payload)
+    assert report.apps == {"unknown": {date(2026, 9, 5): 9}}
+    assert report.invalid == ()
+
+
+def test_an_errors_list_beside_data_is_kept_for_the_log_and_the_metric() -> None:
+    payload = _answer()
+    payload["errors"] = [{"title": "Partial Error"}, {"detail": "no title"}, "junk"]
+    assert parse_usage(payload).api_errors == ("Partial Error", "no title")
+
+
+def test_credits_with_only_some_balances_keep_those() -> None:
+    credits = parse_credits({"data": {"prepaid_balance": "12.5"}})
+    assert (credits.total_balance, credits.prepaid_balance, credits.free_balance) == (
+        None,
+        12.5,
+        None,
+    )
+    assert credits.balance == 12.5
+    both = parse_credits({"data": {"prepaid_balance": -20, "free_balance": 5}})
+    assert both.balance == 0.0  # total_balance = max(0, prepaid + free)
+    with pytest.raises(ParseError, match="none of total_balance"):
+        parse_credits({"data": {"free_grants": []}})
+
+
+# -- refusals that the fuzz tests cannot tell from a wrong acceptance (issue 10, item 17) ---------
+
+
+@pytest.mark.parametrize(
+    ("balance", "message"),
+    [
+        (True, "data.total_balance: expected an amount, got bool"),
+        ([1], "data.total_balance: expected an amount, got list"),
+        ("NaN", 'data.total_balance: expected an amount, got "NaN"'),
+        ("1e999", 'data.total_balance: expected an amount, got "1e999"'),
+    ],
+)
+def test_a_boolean_or_odd_balance_is_refused(balance: object, message: str) -> None:
+    with pytest.raises(ParseError) as caught:
+        parse_credits({"data": {"total_balance": balance}})
+    assert str(caught.value) == message
+
+
+def test_the_count_limits_are_exact() -> None:
+    payload = _answer()
+    payload["data"]["project_usage"] = "9" * 18
+    assert parse_usage(payload).project_usage == 10**18 - 1
+    payload["data"]["project_usage"] = 10**18 - 1
+    assert parse_usage(payload).project_usage == 10**18 - 1
+    payload["data"]["project_usage"] = " 0042 "
+    assert parse_usage(payload).project_usage == 42
+    payload["data"]["project_usage"] = 7.0
+    assert parse_usage(payload).project_usage == 7
+    payload["data"]["cap_reset_day"] = 31
+    assert parse_usage(payload).invalid == ()
+    payload["data"]["cap_reset_day"] = 32
+    assert parse_usage(payload).invalid == ("cap_reset_day",)
+
+
+def test_a_problem_s_own_title_wins_over_an_errors_list() -> None:
+    both = parse_problem(b'{"title":"UsageCapExceeded","errors":[{"title":"Other"}]}')
+    assert both.title == "UsageCapExceeded"
+    assert parse_problem(b'{"errors":"not a list"}').title == ""
+    assert parse_problem(b'{"errors":[]}').title == ""
