@@ -161,7 +161,10 @@ def test_a_fault_keeps_last_good_values_and_counts_its_reason(
 
         h.simulator.clear_faults()
         if fault is Fault.RATE_LIMIT:
-            time.sleep(1.2)  # no request is allowed before x-rate-limit-reset
+            # No request is allowed before x-rate-limit-reset (1 to 2 s away: it is whole seconds).
+            reset = h.value("xapi_exporter_rate_limit_reset_timestamp_seconds", project="p0")
+            assert reset is not None and reset - time.time() <= 2.0
+            time.sleep(max(0.0, reset - time.time() + 0.05))
         h.poll()
         assert h.value("xapi_exporter_poll_success", project="p0") == 1
         assert h.value("xapi_exporter_poll_error", project="p0", reason=reason.value) == 0
