@@ -488,10 +488,10 @@ def serve(args: argparse.Namespace) -> int:
     registry.register(UsageCollector(store))
     reload_lock = threading.Lock()
 
+    no_reload = "--demo has no config file to re-read" if args.demo else None
+
     def reload() -> str | None:
         with reload_lock:
-            if args.demo:
-                return None
             try:
                 new = load_config(args.config_file)
             except ConfigError as exc:
@@ -504,7 +504,7 @@ def serve(args: argparse.Namespace) -> int:
                 log.warning("config warning: %s", warning)
             return None
 
-    routes = Routes(args.telemetry_path, lambda: poller.ready, reload)
+    routes = Routes(args.telemetry_path, lambda: poller.ready, reload, no_reload)
     app: WsgiApp = App(routes, MetricsCache(registry, store, utc_now), store, utc_now)
     if web_config is not None:
         app = web_config.wrap(app)
@@ -517,9 +517,15 @@ def serve(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
 
+    def reload_on_signal() -> None:
+        if no_reload is None:
+            reload()
+        else:
+            log.info("reload skipped", extra=logs.fields(reason=no_reload))
+
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
-            threading.Thread(target=reload, name="reload", daemon=True).start()
+            threading.Thread(target=reload_on_signal, name="reload", daemon=True).start()
         else:
             stop.set()
 
