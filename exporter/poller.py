@@ -27,7 +27,7 @@ from exporter.client import (
     safe_text,
 )
 from exporter.config import Config, CreditsMode, ProjectConfig
-from exporter.errors import Reason, TokenError, UpstreamError
+from exporter.errors import Reason, TokenError, UpstreamError, describe
 from exporter.snapshot import (
     ConfigStatus,
     CreditsSnapshot,
@@ -155,7 +155,7 @@ class ProjectPoller:
             reason, message = TOKEN_REASON, str(exc)
         except Exception as exc:  # the job's edge: log it, show it, keep polling
             log.exception("poll crashed project=%s", self.project.name)
-            reason, message = Reason.PARSE.value, safe_text(f"{type(exc).__name__}: {exc}")
+            reason, message = Reason.PARSE.value, safe_text(f"internal error: {describe(exc)}")
 
         duration = time.monotonic() - started
         status = self._status(previous.status, attempts, now, duration, reason, message, capped)
