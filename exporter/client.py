@@ -330,11 +330,13 @@ class XApiClient:
                     raise
                 tries += 1
                 log.debug(
-                    "retrying endpoint=%s reason=%s attempt=%d delay=%.2fs",
-                    endpoint.value,
-                    exc.reason.value,
-                    tries,
-                    delay,
+                    "retrying",
+                    extra=logs.fields(
+                        endpoint=endpoint.value,
+                        reason=exc.reason.value,
+                        attempt=tries,
+                        delay=logs.seconds(delay),
+                    ),
                 )
                 if self._wait(delay):
                     raise

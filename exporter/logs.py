@@ -28,8 +28,14 @@ def register_secret(secret: str) -> None:
 
 def fields(**values: object) -> dict[str, object]:
     """`extra=` of a log call: the event's context, written as fields of their own
-    (`log.warning("poll failed", extra=logs.fields(project="production", reason="timeout"))`)."""
-    return {"fields": values}
+    (`log.warning("poll failed", extra=logs.fields(project="production", reason="timeout"))`);
+    a None value is left out. The keys are listed in docs/logging.md."""
+    return {"fields": {key: value for key, value in values.items() if value is not None}}
+
+
+def seconds(value: float) -> str:
+    """A duration as a field value: `412s`, `0.25s`."""
+    return f"{round(value, 3):g}s"
 
 
 def redact(text: str) -> str:

@@ -129,7 +129,7 @@ class App:
         try:
             return self._dispatch(path, method, environ, start_response)
         except Exception:  # the handler's edge: one line in the log, a 500 to the client
-            log.exception("request failed path=%s", path)
+            log.exception("request failed", extra=logs.fields(path=path))
             return _text(start_response, "500 Internal Server Error", "internal error\n")
 
     def _dispatch(
@@ -228,8 +228,8 @@ class _QuietHandler(WSGIRequestHandler):
         return parsed
 
     def log_message(self, format: str, *args: Any) -> None:
-        # The request line is the client's text: %r escapes what it holds.
-        log.debug("http %r", format % args)
+        # The request line is the client's text: the formatters escape what it holds.
+        log.debug("http request", extra=logs.fields(request=format % args))
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -286,7 +286,8 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up or fails the TLS handshake is not the exporter's error.
-        log.debug("connection error client=%s", client_address[0] if client_address else "?")
+        client = client_address[0] if client_address else None
+        log.debug("connection error", extra=logs.fields(client=client))
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """In the request thread: TLS starts here, so a slow handshake blocks nobody."""

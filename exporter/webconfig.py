@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from exporter import logs
 from exporter.config import MAX_CONFIG_FILE_BYTES, load_yaml, read_small_file, shown_key
 from exporter.errors import ConfigError, describe
 from exporter.web import WsgiApp
@@ -170,7 +171,7 @@ class _Guard:
             try:
                 matches = bcrypt.checkpw(password.encode(), hashed)
             except ValueError:  # a hash that passed load() but that bcrypt cannot read
-                log.error("basic auth: unusable bcrypt hash user=%r", user[:64])
+                log.error("unusable bcrypt hash", extra=logs.fields(user=user[:64]))
                 return False
             self._slowest = max(self._slowest, time.monotonic() - began)
         if not (matches and known):

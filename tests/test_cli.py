@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import signal
@@ -130,7 +131,7 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_then_applies_a_fixed_one(
         exporter.proc.send_signal(signal.SIGHUP)
         _eventually(lambda: "xapi_exporter_config_last_reload_successful 0.0" in exporter.metrics())
         assert 'xapi_project_info{project="p0"' in exporter.metrics()
-        assert "reload failed, keeping the running config" in exporter.log.read_text()
+        assert 'msg="reload failed" kept="running config"' in exporter.log.read_text()
 
         _config(tmp_path, simulator, "p0,p1")
         assert httpx.post(f"{exporter.url}/-/reload").status_code == 200
@@ -194,8 +195,14 @@ def test_the_demo_serves_a_project_within_seconds(tmp_path: Path) -> None:
         assert "demo-token" not in text
     finally:
         assert exporter.stop() == 0
-    first = exporter.log.read_text().splitlines()[0]
-    assert first.startswith('{"ts": ') and '"level": "info"' in first
+    first = json.loads(exporter.log.read_text().splitlines()[0])
+    assert (first["level"], first["msg"], first["projects"], first["demo"]) == (
+        "info",
+        "listening",
+        2,
+        True,
+    )
+    assert (first["address"], first["poll_interval"]) == (f"127.0.0.1:{exporter.port}", "30s")
 
 
 def _eventually(check: object, timeout: float = 10.0) -> None:
