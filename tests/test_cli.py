@@ -193,6 +193,14 @@ def test_the_demo_serves_a_project_within_seconds(tmp_path: Path) -> None:
         assert 'xapi_project_posts_consumed{project="production"' in text
         assert 'xapi_app_posts_consumed{app_id="28871234",project="production"' in text
         assert "demo-token" not in text
+        # The demo has no config file: a reload says it did nothing, by HTTP and by SIGHUP.
+        answer = httpx.post(f"{exporter.url}/-/reload")
+        assert (answer.status_code, answer.text) == (
+            409,
+            "nothing reloaded: --demo has no config file to re-read\n",
+        )
+        exporter.proc.send_signal(signal.SIGHUP)
+        _eventually(lambda: exporter.log.read_text().count('"msg": "reload skipped"') == 2)
     finally:
         assert exporter.stop() == 0
     first = json.loads(exporter.log.read_text().splitlines()[0])
