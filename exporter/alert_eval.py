@@ -20,7 +20,7 @@ import yaml
 
 from exporter import backfill
 from exporter.config import parse_duration
-from exporter.errors import ExporterError
+from exporter.errors import ExporterError, describe
 
 # Prometheus answers at most 11,000 points per series and query; stay well below.
 MAX_POINTS_PER_QUERY = 10_000
@@ -62,7 +62,7 @@ def load_rules(paths: Sequence[Path]) -> list[AlertRule]:
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as exc:
-            raise RulesError(f"--rules: cannot read {path}: {exc}") from None
+            raise RulesError(f"--rules: cannot read {path}: {describe(exc)}") from None
         groups = data.get("groups") if isinstance(data, dict) else None
         if not isinstance(groups, list):
             raise RulesError(f"--rules: {path}: not a Prometheus rule file (no groups list)")
@@ -328,7 +328,7 @@ def _query_range(
     try:
         answer = client.post("/api/v1/query_range", data=params)
     except httpx.HTTPError as exc:
-        raise PrometheusError(f"prometheus at {client.base_url}: {exc}") from None
+        raise PrometheusError(f"prometheus at {client.base_url}: {describe(exc)}") from None
     try:
         body = answer.json()
     except ValueError:

@@ -480,7 +480,7 @@ def serve(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             return _config_errors(exc)
     for warning in config.warnings():
-        log.warning("config warning: %s", warning)
+        log.warning("config warning", extra=logs.fields(source=config.source, warning=warning))
 
     store = Store(ConfigStatus(config.poll_interval, True, time.time()))
     poller = Poller(config, store)
@@ -488,23 +488,28 @@ def serve(args: argparse.Namespace) -> int:
     registry.register(UsageCollector(store))
     reload_lock = threading.Lock()
 
+    no_reload = "--demo has no config file to re-read" if args.demo else None
+
     def reload() -> str | None:
         with reload_lock:
-            if args.demo:
-                return None
             try:
                 new = load_config(args.config_file)
             except ConfigError as exc:
                 poller.reload_failed()
-                log.error("reload failed, keeping the running config: %s", "; ".join(exc.problems))
+                log.error(
+                    "reload failed",
+                    extra=logs.fields(kept="running config", err="; ".join(exc.problems)),
+                )
                 return "; ".join(exc.problems)
             poller.reload(new)
-            log.info("config reloaded source=%s projects=%d", new.source, len(new.projects))
+            log.info(
+                "config reloaded", extra=logs.fields(source=new.source, projects=len(new.projects))
+            )
             for warning in new.warnings():
-                log.warning("config warning: %s", warning)
+                log.warning("config warning", extra=logs.fields(source=new.source, warning=warning))
             return None
 
-    routes = Routes(args.telemetry_path, lambda: poller.ready, reload)
+    routes = Routes(args.telemetry_path, lambda: poller.ready, reload, no_reload)
     app: WsgiApp = App(routes, MetricsCache(registry, store, utc_now), store, utc_now)
     if web_config is not None:
         app = web_config.wrap(app)
@@ -517,9 +522,15 @@ def serve(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
 
+    def reload_on_signal() -> None:
+        if no_reload is None:
+            reload()
+        else:
+            log.info("reload skipped", extra=logs.fields(reason=no_reload))
+
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
-            threading.Thread(target=reload, name="reload", daemon=True).start()
+            threading.Thread(target=reload_on_signal, name="reload", daemon=True).start()
         else:
             stop.set()
 
@@ -529,12 +540,14 @@ def serve(args: argparse.Namespace) -> int:
     server.start()
     poller.start()
     log.info(
-        "listening address=%s port=%d projects=%d poll_interval=%gs demo=%s",
-        args.listen_address,
-        server.port,
-        len(config.projects),
-        config.poll_interval,
-        args.demo,
+        "listening",
+        extra=logs.fields(
+            address=args.listen_address,
+            port=server.port,
+            projects=len(config.projects),
+            poll_interval=logs.seconds(config.poll_interval),
+            demo=args.demo,
+        ),
     )
     stop.wait()
     log.info("shutting down")

@@ -22,7 +22,7 @@ import httpx
 
 from exporter import __version__, logs
 from exporter.config import MAX_TOKEN_FILE_BYTES, TokenSource, read_small_file
-from exporter.errors import ParseError, Reason, TokenError, UpstreamError
+from exporter.errors import ParseError, Reason, TokenError, UpstreamError, describe
 from exporter.parse import (
     USAGE_FIELDS,
     Credits,
@@ -121,9 +121,7 @@ def read_token(source: TokenSource, environ: Mapping[str, str] | None = None) ->
         except ValueError as exc:
             raise TokenError(f"cannot read token {source.describe()}: {exc}") from None
         except OSError as exc:
-            raise TokenError(
-                f"cannot read token {source.describe()}: {type(exc).__name__}"
-            ) from None
+            raise TokenError(f"cannot read token {source.describe()}: {describe(exc)}") from None
     else:
         env = os.environ if environ is None else environ
         token = env.get(source.env or "", "").strip()
@@ -332,11 +330,13 @@ class XApiClient:
                     raise
                 tries += 1
                 log.debug(
-                    "retrying endpoint=%s reason=%s attempt=%d delay=%.2fs",
-                    endpoint.value,
-                    exc.reason.value,
-                    tries,
-                    delay,
+                    "retrying",
+                    extra=logs.fields(
+                        endpoint=endpoint.value,
+                        reason=exc.reason.value,
+                        attempt=tries,
+                        delay=logs.seconds(delay),
+                    ),
                 )
                 if self._wait(delay):
                     raise
@@ -375,7 +375,7 @@ class XApiClient:
         except httpx.HTTPError as exc:
             attempts.append(Attempt(endpoint, "error", Reason.NETWORK, None))
             raise UpstreamError(
-                Reason.NETWORK, f"GET {endpoint.path}: {type(exc).__name__}"
+                Reason.NETWORK, f"GET {endpoint.path}: {safe_text(describe(exc))}"
             ) from None
 
         if endpoint is Endpoint.CREDITS and status == 404:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import re
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, describe
 
 DEFAULT_API_BASE_URL = "https://api.x.com"
 DEFAULT_PROJECT_NAME = "default"
@@ -140,6 +141,8 @@ def read_small_file(path: Path, limit: int) -> str:
     fd = os.open(path, flags)
     try:
         info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
         if not stat.S_ISREG(info.st_mode):
             raise ValueError("not a regular file")
         if info.st_size > limit:
@@ -457,7 +460,7 @@ def _token_source(
             check.fail(key, f"cannot read {token_path}: {reason}")
             return None
         except OSError as exc:
-            check.fail(key, f"cannot read {token_path}: {exc.__class__.__name__}")
+            check.fail(key, f"cannot read {token_path}: {describe(exc)}")
             return None
         if not content.strip():
             check.fail(key, f"{token_path} is empty")
@@ -493,7 +496,7 @@ def load_config(path: str | None, environ: Mapping[str, str] | None = None) -> C
     except ValueError as exc:
         raise ConfigError([f"{path}: cannot read: {exc}"]) from None
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.__class__.__name__}"]) from None
+        raise ConfigError([f"{path}: cannot read: {describe(exc)}"]) from None
     try:
         data = load_yaml(text)
     except yaml.YAMLError as exc:

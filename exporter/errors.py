@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 
@@ -57,3 +58,22 @@ class TokenError(ExporterError):
 
 class ParseError(ExporterError):
     """An X API answer is not the documented JSON; the message names the field path."""
+
+
+def describe(exc: BaseException) -> str:
+    """What happened, in the words a user reads ("connection refused", "no such file or
+    directory", "is a directory"), never the exception's class name."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # httpx wraps httpcore, which wraps the socket's OSError
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror[:1].lower() + seen.strerror[1:]
+        seen = seen.__cause__ or seen.__context__
+    text = re.sub(r"^\[Errno -?\d+\] ", "", str(exc)).strip().rstrip(".")
+    if text:
+        return text[:200]
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    # Nothing said: the kind of failure in plain words (ReadError: "read error").
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", type(exc).__name__).lower()

@@ -9,6 +9,8 @@ import threading
 import time
 from typing import TextIO
 
+from exporter.errors import describe
+
 LEVELS = ("debug", "info", "warn", "error")
 FORMATS = ("logfmt", "json")
 REDACTED = "<redacted>"
@@ -24,6 +26,18 @@ def register_secret(secret: str) -> None:
             _secrets.add(secret)
 
 
+def fields(**values: object) -> dict[str, object]:
+    """`extra=` of a log call: the event's context, written as fields of their own
+    (`log.warning("poll failed", extra=logs.fields(project="production", reason="timeout"))`);
+    a None value is left out. The keys are listed in docs/logging.md."""
+    return {"fields": {key: value for key, value in values.items() if value is not None}}
+
+
+def seconds(value: float) -> str:
+    """A duration as a field value: `412s`, `0.25s`."""
+    return f"{round(value, 3):g}s"
+
+
 def redact(text: str) -> str:
     for secret in _secrets:
         if secret in text:
@@ -31,19 +45,33 @@ def redact(text: str) -> str:
     return text
 
 
-def _record_fields(record: logging.LogRecord) -> dict[str, str]:
-    fields = {
+Value = str | int | float | bool
+
+
+def _record_fields(record: logging.LogRecord) -> dict[str, Value]:
+    """The record as ordered fields: ts, level, caller, msg, then the event's own fields, then
+    err for an exception."""
+    out: dict[str, Value] = {
         "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         + f".{int(record.msecs):03d}Z",
         "level": record.levelname.lower().replace("warning", "warn"),
         "caller": f"{record.module}:{record.lineno}",
         "msg": redact(record.getMessage()),
     }
+    extra = getattr(record, "fields", None)
+    for key, value in extra.items() if isinstance(extra, dict) else ():
+        if key not in out:  # the four above are the record's own: an event cannot replace them
+            out[key] = _field_value(value)
     if record.exc_info and record.exc_info[1] is not None:
-        # One line, the exception type and text, never a multi-line traceback.
-        exc = record.exc_info[1]
-        fields["err"] = redact(f"{type(exc).__name__}: {exc}")
-    return fields
+        # One line saying what happened, never a multi-line traceback or a class name.
+        out["err"] = redact(describe(record.exc_info[1]))
+    return out
+
+
+def _field_value(value: object) -> Value:
+    if isinstance(value, bool | int | float):
+        return value
+    return redact(str(value))
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -56,7 +84,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_record_fields(record), ensure_ascii=False)
 
 
-def _logfmt_value(value: str) -> str:
+def _logfmt_value(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
     if value and value.isprintable() and not any(c in value for c in ' ="\\'):
         return value
     # Control characters (a client's or an upstream's text) are escaped, never written raw.

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from exporter.errors import ParseError
+from exporter.errors import ParseError, describe
 
 UNKNOWN_APP = "unknown"
 USAGE_FIELDS = (
@@ -81,7 +81,7 @@ def decode_json(body: bytes) -> object:
         return json.loads(body)
     # ValueError: an integer beyond Python's digit limit; RecursionError: absurd nesting.
     except (ValueError, RecursionError) as exc:
-        raise ParseError(f"answer is not JSON: {exc.__class__.__name__}") from None
+        raise ParseError(f"answer is not JSON: {describe(exc)}") from None
 
 
 def parse_usage(payload: object) -> UsageReport:

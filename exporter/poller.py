@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from exporter import billing
+from exporter import billing, logs
 from exporter.client import (
     Attempt,
     CreditsUnavailable,
@@ -27,7 +27,7 @@ from exporter.client import (
     safe_text,
 )
 from exporter.config import Config, CreditsMode, ProjectConfig
-from exporter.errors import Reason, TokenError, UpstreamError
+from exporter.errors import Reason, TokenError, UpstreamError, describe
 from exporter.snapshot import (
     ConfigStatus,
     CreditsSnapshot,
@@ -173,8 +173,8 @@ class ProjectPoller:
         except TokenError as exc:
             reason, message = TOKEN_REASON, str(exc)
         except Exception as exc:  # the job's edge: log it, show it, keep polling
-            log.exception("poll crashed project=%s", self.project.name)
-            reason, message = Reason.PARSE.value, safe_text(f"{type(exc).__name__}: {exc}")
+            log.exception("poll crashed", extra=logs.fields(project=self.project.name))
+            reason, message = Reason.PARSE.value, safe_text(f"internal error: {describe(exc)}")
 
         duration = time.monotonic() - started
         status = self._status(previous.status, attempts, now, duration, reason, message, blocked)
@@ -193,11 +193,22 @@ class ProjectPoller:
             )
         )
         if reason is None:
-            log.debug("poll ok project=%s duration=%.3fs", self.project.name, duration)
+            log.debug(
+                "poll ok",
+                extra=logs.fields(project=self.project.name, duration=logs.seconds(duration)),
+            )
             self._log_oddities(usage, previous.usage)
         elif reason != previous.status.error_reason:
             log.warning(
-                "poll failed project=%s reason=%s err=%s", self.project.name, reason, message
+                "poll failed",
+                extra=logs.fields(
+                    project=self.project.name,
+                    reason=reason,
+                    retry_in=logs.seconds(self.blocked_until - time.time())
+                    if reason == Reason.RATE_LIMITED and self.blocked_until > time.time()
+                    else None,
+                    err=message,
+                ),
             )
 
     def _log_oddities(self, usage: UsageSnapshot | None, previous: UsageSnapshot | None) -> None:
@@ -207,10 +218,12 @@ class ProjectPoller:
         before = (previous.api_errors, previous.invalid) if previous else ((), ())
         if (usage.api_errors, usage.invalid) != before and (usage.api_errors or usage.invalid):
             log.warning(
-                "answer not as documented project=%s errors=%s invalid_fields=%s",
-                self.project.name,
-                ",".join(usage.api_errors),
-                ",".join(usage.invalid),
+                "answer not as documented",
+                extra=logs.fields(
+                    project=self.project.name,
+                    errors=",".join(usage.api_errors),
+                    invalid_fields=",".join(usage.invalid),
+                ),
             )
 
     def _poll_once(
@@ -227,7 +240,10 @@ class ProjectPoller:
             self._client, token, self.config.history_days, deadline=deadline, attempts=attempts
         )
         if report.missing:
-            log.debug("fields missing project=%s fields=%s", self.project.name, report.missing)
+            log.debug(
+                "fields missing",
+                extra=logs.fields(project=self.project.name, fields=",".join(report.missing)),
+            )
         usage = build_usage(
             report,
             now=now,
@@ -257,14 +273,15 @@ class ProjectPoller:
             balance = fetch_credits(self._client, token, deadline=deadline, attempts=attempts)
         except CreditsUnavailable:
             if self.config.credits is CreditsMode.AUTO:
-                log.info("credits endpoint not available project=%s", self.project.name)
+                log.info("credits not available", extra=logs.fields(project=self.project.name))
                 self._credits_off = True
             return CreditsSnapshot(available=False)
         except UpstreamError as exc:
             if exc.reason is Reason.RATE_LIMITED and exc.retry_at is not None:
                 self._credits_blocked_until = exc.retry_at
             log.warning(
-                "credits failed project=%s reason=%s err=%s", self.project.name, exc.reason, exc
+                "credits failed",
+                extra=logs.fields(project=self.project.name, reason=exc.reason.value, err=str(exc)),
             )
             return previous
         depletion = billing.credits_depletion(

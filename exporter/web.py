@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import logging
 import socket
@@ -20,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import exposition as text_format
 from prometheus_client.openmetrics import exposition as openmetrics
 
-from exporter import landing
+from exporter import landing, logs
 from exporter.snapshot import Store
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,24 @@ Encoder = Callable[[CollectorRegistry], bytes]
 # The two formats served, so the cache holds at most two renderings whatever clients send.
 TEXT: tuple[Encoder, str] = (text_format.generate_latest, text_format.CONTENT_TYPE_PLAIN_0_0_4)
 OPENMETRICS: tuple[Encoder, str] = (openmetrics.generate_latest, openmetrics.CONTENT_TYPE_LATEST)
+
+
+def gzip_accepted(accept_encoding: str) -> bool:
+    """Whether Accept-Encoding allows gzip (RFC 9110 12.5.3): `gzip` or, unlisted, `*` with a
+    q-value above 0; `gzip;q=0` refuses it."""
+    quality: dict[str, float] = {}
+    for item in accept_encoding.split(",")[:32]:
+        coding, *params = (part.strip().lower() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value.strip())
+                except ValueError:
+                    q = 0.0  # a q-value we cannot read accepts nothing
+        quality.setdefault(coding, q)
+    return quality.get("gzip", quality.get("*", 0.0)) > 0
 
 
 def negotiate(accept: str) -> tuple[Encoder, str]:
@@ -53,6 +72,8 @@ class Routes:
     telemetry_path: str
     ready: Callable[[], bool]
     reload: Callable[[], str | None]  # None on success, else why it failed
+    # Why a reload cannot do anything here (the demo has no config file), or None.
+    no_reload: str | None = None
 
 
 class MetricsCache:
@@ -108,19 +129,24 @@ class App:
         try:
             return self._dispatch(path, method, environ, start_response)
         except Exception:  # the handler's edge: one line in the log, a 500 to the client
-            log.exception("request failed path=%s", path)
+            log.exception("request failed", extra=logs.fields(path=path))
             return _text(start_response, "500 Internal Server Error", "internal error\n")
 
     def _dispatch(
         self, path: str, method: str, environ: Environ, start_response: StartResponse
     ) -> Iterable[bytes]:
         if path == "/-/reload":
-            if method not in {"POST", "PUT"}:
+            if method != "POST":
                 return _text(
                     start_response,
                     "405 Method Not Allowed",
                     "use POST to reload\n",
-                    [("Allow", "POST, PUT")],
+                    [("Allow", "POST")],
+                )
+            if self._routes.no_reload is not None:
+                log.info("reload skipped", extra=logs.fields(reason=self._routes.no_reload))
+                return _text(
+                    start_response, "409 Conflict", f"nothing reloaded: {self._routes.no_reload}\n"
                 )
             problem = self._routes.reload()
             if problem is None:
@@ -132,8 +158,12 @@ class App:
             )
         if path == self._routes.telemetry_path:
             body, content_type, zipped = self._metrics.render(environ.get("HTTP_ACCEPT", ""))
-            headers = [("Content-Type", content_type), ("Cache-Control", "no-store")]
-            if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            headers = [
+                ("Content-Type", content_type),
+                ("Cache-Control", "no-store"),
+                ("Vary", "Accept, Accept-Encoding"),
+            ]
+            if gzip_accepted(environ.get("HTTP_ACCEPT_ENCODING", "")):
                 headers.append(("Content-Encoding", "gzip"))
                 body = zipped
             headers.append(("Content-Length", str(len(body))))
@@ -198,8 +228,8 @@ class _QuietHandler(WSGIRequestHandler):
         return parsed
 
     def log_message(self, format: str, *args: Any) -> None:
-        # The request line is the client's text: %r escapes what it holds.
-        log.debug("http %r", format % args)
+        # The request line is the client's text: the formatters escape what it holds.
+        log.debug("http request", extra=logs.fields(request=format % args))
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -256,7 +286,8 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up or fails the TLS handshake is not the exporter's error.
-        log.debug("connection error client=%s", client_address[0] if client_address else "?")
+        client = client_address[0] if client_address else None
+        log.debug("connection error", extra=logs.fields(client=client))
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """In the request thread: TLS starts here, so a slow handshake blocks nobody."""
@@ -288,15 +319,68 @@ def _cut(conn: socket.socket) -> None:
 
 class _ThreadingServer6(_ThreadingServer):
     address_family = socket.AF_INET6
+    dual_stack = False
+
+    def server_bind(self) -> None:
+        # Set either way: the kernel's default (net.ipv6.bindv6only) differs between hosts.
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, not self.dual_stack)
+        super().server_bind()
+
+
+class _DualStackServer(_ThreadingServer6):
+    dual_stack = True
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
-    """`:9879`, `0.0.0.0:9879`, `[::1]:9879`; ValueError if malformed."""
+    """`:9879`, `0.0.0.0:9879`, `[::1]:9879`, `[::]:9879`; ValueError if malformed."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    bracketed = host.startswith("[") and host.endswith("]")
+    name = host[1:-1] if bracketed else host
+    if (
+        not sep
+        or not port.isdigit()
+        or not 0 <= int(port) <= 65535
+        or "[" in name
+        or "]" in name
+        or (":" in name and not bracketed)  # an IPv6 address needs its brackets, as in Go
+    ):
         raise ValueError(f"{text!r} is not HOST:PORT")
-    host = host.strip("[]")
-    return host, int(port)
+    return name, int(port)
+
+
+def _without_body_for_head(app: WsgiApp) -> WsgiApp:
+    """HEAD gets the headers GET would get (Content-Length included) and no body."""
+
+    def wrapped(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        body = app(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "HEAD":
+            return body
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+        return []
+
+    return wrapped
+
+
+def _make_server(host: str, port: int, app: WsgiApp) -> _ThreadingServer:
+    """`:PORT` and `[::]:PORT` listen on every IPv6 and IPv4 address (IPv4 alone on a host
+    without IPv6), as node_exporter does; any other host on that address alone."""
+    if host in {"", "::"}:
+        try:
+            return make_server(
+                "::", port, app, server_class=_DualStackServer, handler_class=_QuietHandler
+            )
+        except OSError as exc:
+            if host == "::" or exc.errno not in _NO_IPV6:
+                raise
+        host = "0.0.0.0"  # noqa: S104 - an exporter listens on all interfaces by default
+    server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
+    return make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+
+
+# What socket() and bind() say on a host whose kernel or interfaces have no IPv6.
+_NO_IPV6 = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT}
 
 
 class WebServer:
@@ -306,14 +390,7 @@ class WebServer:
         self, app: WsgiApp, address: tuple[str, int], ssl_context: ssl.SSLContext | None = None
     ) -> None:
         host, port = address
-        server_class = _ThreadingServer6 if ":" in host else _ThreadingServer
-        self._server = make_server(
-            host or "0.0.0.0",  # noqa: S104 - an exporter listens on all interfaces by default
-            port,
-            app,
-            server_class=server_class,
-            handler_class=_QuietHandler,
-        )
+        self._server = _make_server(host, port, _without_body_for_head(app))
         self._server.ssl_context = ssl_context
         self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
+from exporter import logs
 from exporter.config import MAX_CONFIG_FILE_BYTES, load_yaml, read_small_file, shown_key
-from exporter.errors import ConfigError
+from exporter.errors import ConfigError, describe
 from exporter.web import WsgiApp
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ class _Guard:
             try:
                 matches = bcrypt.checkpw(password.encode(), hashed)
             except ValueError:  # a hash that passed load() but that bcrypt cannot read
-                log.error("basic auth: unusable bcrypt hash user=%r", user[:64])
+                log.error("unusable bcrypt hash", extra=logs.fields(user=user[:64]))
                 return False
             self._slowest = max(self._slowest, time.monotonic() - began)
         if not (matches and known):
@@ -186,8 +187,12 @@ def load(path: str) -> WebConfig:
         data = load_yaml(read_small_file(Path(path), MAX_CONFIG_FILE_BYTES)) or {}
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError([f"{path}: cannot read: {type(exc).__name__}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: cannot read: not UTF-8"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {describe(exc)}"]) from None
+    except yaml.YAMLError:
+        raise ConfigError([f"{path}: cannot read: invalid YAML"]) from None
     except ValueError as exc:
         raise ConfigError([f"{path}: cannot read: {exc}"]) from None
     problems: list[str] = []
@@ -216,9 +221,7 @@ def load(path: str) -> WebConfig:
         try:
             config.ssl_context()  # what serve() will build: it must not fail there
         except (OSError, ValueError) as exc:
-            raise ConfigError(
-                [f"{path}: tls_server_config: {type(exc).__name__}: {_ssl_reason(exc)}"]
-            ) from None
+            raise ConfigError([f"{path}: tls_server_config: {_ssl_reason(exc)}"]) from None
     return config
 
 
@@ -274,7 +277,7 @@ def _check_tls_files(tls: TlsConfig, where: str) -> None:
 
 def _ssl_reason(exc: Exception) -> str:
     reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
-    reason = reason or type(exc).__name__
+    reason = reason or describe(exc)
     return re.sub(r" \(_ssl\.c:\d+\)$", "", str(reason))
 
 

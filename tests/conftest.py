@@ -110,7 +110,8 @@ class _RecordCollector(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.texts.append(self.format(record))
+            # The event's fields (logs.fields) are scanned too: a token may hide in any of them.
+            self.texts.append(f"{self.format(record)} {getattr(record, 'fields', '')}")
         except Exception:  # a record that cannot be formatted must not break the test
             self.texts.append(f"{record.levelname} {record.name} {record.msg!r} {record.args!r}")
 

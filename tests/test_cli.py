@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from exporter import logs
+from exporter.client import read_token
+from exporter.config import TokenSource
+from exporter.errors import TokenError
 from exporter.simulator import Fault, Simulator
-from tests.conftest import record_log, register_test_token
+from tests.conftest import free_port, record_log, register_test_token
 from tests.harness import sim_project
 from tests.servers import Exporter
 
@@ -124,7 +131,7 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_then_applies_a_fixed_one(
         exporter.proc.send_signal(signal.SIGHUP)
         _eventually(lambda: "xapi_exporter_config_last_reload_successful 0.0" in exporter.metrics())
         assert 'xapi_project_info{project="p0"' in exporter.metrics()
-        assert "reload failed, keeping the running config" in exporter.log.read_text()
+        assert 'msg="reload failed" kept="running config"' in exporter.log.read_text()
 
         _config(tmp_path, simulator, "p0,p1")
         assert httpx.post(f"{exporter.url}/-/reload").status_code == 200
@@ -186,10 +193,24 @@ def test_the_demo_serves_a_project_within_seconds(tmp_path: Path) -> None:
         assert 'xapi_project_posts_consumed{project="production"' in text
         assert 'xapi_app_posts_consumed{app_id="28871234",project="production"' in text
         assert "demo-token" not in text
+        # The demo has no config file: a reload says it did nothing, by HTTP and by SIGHUP.
+        answer = httpx.post(f"{exporter.url}/-/reload")
+        assert (answer.status_code, answer.text) == (
+            409,
+            "nothing reloaded: --demo has no config file to re-read\n",
+        )
+        exporter.proc.send_signal(signal.SIGHUP)
+        _eventually(lambda: exporter.log.read_text().count('"msg": "reload skipped"') == 2)
     finally:
         assert exporter.stop() == 0
-    first = exporter.log.read_text().splitlines()[0]
-    assert first.startswith('{"ts": ') and '"level": "info"' in first
+    first = json.loads(exporter.log.read_text().splitlines()[0])
+    assert (first["level"], first["msg"], first["projects"], first["demo"]) == (
+        "info",
+        "listening",
+        2,
+        True,
+    )
+    assert (first["address"], first["poll_interval"]) == (f"127.0.0.1:{exporter.port}", "30s")
 
 
 def _eventually(check: object, timeout: float = 10.0) -> None:
@@ -199,3 +220,68 @@ def _eventually(check: object, timeout: float = 10.0) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("condition not met in time")
+
+
+CLASS_NAMES = ("Error", "Exception", "Timeout")  # ConnectError, FileNotFoundError, ReadTimeout...
+
+
+def _no_class_name(text: str) -> None:
+    shown = [word for word in text.split() if any(name in word for name in CLASS_NAMES)]
+    assert shown == [], text
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda path: None, "no such file"),
+        (lambda path: path.mkdir(), "is a directory"),
+    ],
+)
+def test_check_config_says_what_is_wrong_with_the_token_path(
+    tmp_path: Path, make: Callable[[Path], object], said: str
+) -> None:
+    make(tmp_path / "token")
+    config = tmp_path / "config.yml"
+    config.write_text("projects: [{name: production, bearer_token_file: token}]\n")
+    line = _one_clear_line(_run("check-config", "--config.file", str(config)))
+    assert "projects[0].bearer_token_file" in line and said in line
+    _no_class_name(line)
+
+
+def test_a_token_read_at_poll_time_says_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(TokenError) as missing:
+        read_token(TokenSource(file=tmp_path / "gone"))
+    assert str(missing.value).endswith(": no such file or directory")
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(TokenError) as directory:
+        read_token(TokenSource(file=tmp_path / "dir"))
+    assert str(directory.value).endswith(": is a directory")
+
+
+def test_report_says_connection_refused_when_nothing_listens_at_api_base_url(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    config = tmp_path / "config.yml"
+    config.write_text(
+        f"api_base_url: http://127.0.0.1:{free_port()}\nrequest_timeout: 1s\n"
+        "projects: [{name: production, bearer_token_file: token}]\n"
+    )
+    result = _run("report", "--config.file", str(config))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "x-usage-exporter: error: project production: GET /2/usage/tweets: connection refused"
+    ]
+    _no_class_name(result.stderr)
+
+
+def test_log_lines_say_what_happened_without_class_names() -> None:
+    stream = io.StringIO()
+    logs.setup("info", "logfmt", stream)
+    try:
+        open("/nonexistent/x-usage-exporter")  # noqa: SIM115
+    except OSError:
+        logging.getLogger("exporter.test").exception("poll crashed", extra=logs.fields(project="p"))
+    line = stream.getvalue()
+    assert 'msg="poll crashed" project=p err="no such file or directory"' in line
+    _no_class_name(line)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
+import socket
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +12,15 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.web import App, MetricsCache, Routes, WebServer, parse_listen_address
+from exporter.web import (
+    App,
+    MetricsCache,
+    Routes,
+    WebServer,
+    WsgiApp,
+    gzip_accepted,
+    parse_listen_address,
+)
 from tests.harness import Harness, running, sim_project
 
 TOKEN = "token-web-aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -84,7 +93,9 @@ def _consumed(exposition: str) -> float:
 
 def test_reload_needs_post_and_reports_failure(served: tuple[Harness, str, list[str]]) -> None:
     _, url, reloads = served
-    assert httpx.get(f"{url}/-/reload").status_code == 405
+    for method in ("GET", "PUT", "DELETE"):
+        refused = httpx.request(method, f"{url}/-/reload")
+        assert (refused.status_code, refused.headers["allow"]) == (405, "POST"), method
     assert reloads == []
     ok = httpx.post(f"{url}/-/reload")
     assert (ok.status_code, ok.text) == (200, "config reloaded\n")
@@ -118,13 +129,20 @@ def test_the_landing_page_says_when_the_cycle_ended(served: tuple[Harness, str, 
 
 @pytest.mark.parametrize(
     ("text", "parsed"),
-    [(":9879", ("", 9879)), ("127.0.0.1:0", ("127.0.0.1", 0)), ("[::1]:9879", ("::1", 9879))],
+    [
+        (":9879", ("", 9879)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("[::1]:9879", ("::1", 9879)),
+        ("[::]:9879", ("::", 9879)),
+    ],
 )
 def test_listen_addresses_parse(text: str, parsed: tuple[str, int]) -> None:
     assert parse_listen_address(text) == parsed
 
 
-@pytest.mark.parametrize("text", ["9879", "host:", "host:http", "h:70000"])
+@pytest.mark.parametrize(
+    "text", ["9879", "host:", "host:http", "h:70000", "::1:9879", "[::1:9879", "[[::1]]:9879"]
+)
 def test_bad_listen_addresses_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="is not HOST:PORT"):
         parse_listen_address(text)
@@ -166,3 +184,128 @@ def test_a_thousand_accept_versions_leave_two_renderings_in_the_cache(tmp_path: 
         "text/plain; version=0.0.4; charset=utf-8",
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
     }
+
+
+def test_a_demo_reload_says_that_it_reloaded_nothing(tmp_path: Path) -> None:
+    reloads: list[str] = []
+
+    def reload() -> str | None:
+        reloads.append("called")
+        return None
+
+    with running([sim_project("1001", TOKEN)], tmp_path) as h:
+        h.start()
+        routes = Routes("/metrics", lambda: True, reload, "--demo has no config file to re-read")
+        app = App(routes, MetricsCache(h.registry, h.store, h.clock), h.store, h.clock)
+        server = WebServer(app, ("127.0.0.1", 0))
+        server.start()
+        try:
+            answer = httpx.post(f"http://127.0.0.1:{server.port}/-/reload")
+        finally:
+            server.stop()
+    assert answer.status_code == 409
+    assert answer.text == "nothing reloaded: --demo has no config file to re-read\n"
+    assert reloads == []
+
+
+def _raw_exchange(port: int, request: bytes) -> tuple[bytes, bytes]:
+    """Head and body bytes exactly as the server sent them, up to its closing the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    return head, body
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/", "/-/healthy", "/nope"])
+def test_head_sends_the_headers_of_get_and_no_body(
+    served: tuple[Harness, str, list[str]], path: str
+) -> None:
+    h, url, _ = served
+    h.poll()
+    port = int(url.rsplit(":", 1)[1])
+    request = f"{{}} {path} HTTP/1.0\r\nAccept-Encoding: identity\r\n\r\n"
+    get_head, get_body = _raw_exchange(port, request.format("GET").encode())
+    head_head, head_body = _raw_exchange(port, request.format("HEAD").encode())
+    assert get_body and head_body == b""
+    assert head_head.split(b"\r\n")[0] == get_head.split(b"\r\n")[0]
+    assert f"Content-Length: {len(get_body)}".encode() in head_head
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "gzipped"),
+    [
+        ("gzip", True),
+        ("gzip, deflate, br", True),
+        ("identity;q=1, gzip;q=0.5", True),
+        ("*", True),
+        ("GZIP;Q=0.001", True),
+        ("gzip;q=0", False),
+        ("identity, gzip;q=0", False),
+        ("gzip;q=0.0, *;q=1", False),
+        ("*;q=0", False),
+        ("br", False),
+        ("identity", False),
+        ("", False),
+        ("gzip;q=x", False),
+    ],
+)
+def test_gzip_follows_the_accept_encoding_q_values(
+    served: tuple[Harness, str, list[str]], accept_encoding: str, gzipped: bool
+) -> None:
+    _, url, _ = served
+    assert gzip_accepted(accept_encoding) is gzipped
+    answer = httpx.get(f"{url}/metrics", headers={"Accept-Encoding": accept_encoding})
+    assert answer.status_code == 200
+    assert ("content-encoding" in answer.headers) is gzipped
+    assert answer.headers["vary"] == "Accept, Accept-Encoding"
+    assert "xapi_exporter_build_info" in answer.text
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        return httpx.get(f"http://{host}:{port}/-/healthy", timeout=5).status_code == 200
+    except httpx.ConnectError:
+        return False
+
+
+def _healthy(_environ: object, start_response: Callable[..., object]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "8")])
+    return [b"Healthy\n"]
+
+
+@pytest.mark.parametrize(
+    ("listen", "on_ipv6", "on_ipv4"),
+    [
+        (":0", True, True),
+        ("[::]:0", True, True),
+        ("[::1]:0", True, False),
+        ("127.0.0.1:0", False, True),
+    ],
+)
+def test_the_listen_address_decides_the_address_families(
+    listen: str, on_ipv6: bool, on_ipv4: bool
+) -> None:
+    ipv6 = _has_ipv6_loopback()
+    if not ipv6 and ":" in listen.rpartition(":")[0]:
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    app: WsgiApp = _healthy
+    server = WebServer(app, parse_listen_address(listen))
+    server.start()
+    try:
+        if ipv6:  # without it, `:PORT` falls back to IPv4 alone: the check below still holds
+            assert _answers("[::1]", server.port) is on_ipv6
+        assert _answers("127.0.0.1", server.port) is on_ipv4
+    finally:
+        server.stop()
