@@ -17,10 +17,13 @@ from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from exporter.billing import cycle_for, sum_in_cycle
+from exporter.client import RetryPolicy
 from exporter.config import CapResetDayMeans
 
 PROBLEMS = "https://api.x.com/2/problems"
 _TRICKLE_HEADER = "x-simulator-trickle"  # handler-internal: never sent
+OUTAGE_START = 3  # the first poll of the demo succeeds; the third fails
+OUTAGE_REQUESTS = RetryPolicy().max_attempts
 WEEKDAY_SHAPE = (1.08, 1.12, 1.10, 1.06, 1.0, 0.78, 0.70)  # Monday first: quieter weekends
 
 
@@ -67,6 +70,9 @@ class SimProject:
     )
     user_token: bool = False  # a user-context token: 403 unsupported-authentication
     error_every: int = 0  # every Nth usage request answers 503 overloaded (the demo's hiccups)
+    # Of every N usage requests, a run of OUTAGE_REQUESTS from the third on answers 503: more than
+    # a poll's attempts, so that poll fails (the demo's failed polls).
+    outage_every: int = 0
     api_errors: tuple[str, ...] = ()  # titles of an `errors` list sent beside `data`
     added: dict[tuple[str, date], int] = field(default_factory=dict)
 
@@ -301,10 +307,14 @@ class Simulator:
             answer = self._fault_answer(plan, limit_headers)
             if answer is not None:
                 return answer
-        if project.error_every and parts.path == "/2/usage/tweets":
+        if (project.error_every or project.outage_every) and parts.path == "/2/usage/tweets":
             with self._lock:
                 count = self._usage_requests[token] = self._usage_requests.get(token, 0) + 1
-            if count % project.error_every == 0:
+            hiccup = project.error_every and count % project.error_every == 0
+            outage = project.outage_every and (
+                OUTAGE_START <= count % project.outage_every < OUTAGE_START + OUTAGE_REQUESTS
+            )
+            if hiccup or outage:
                 return _problem(503, "Service Unavailable", "about:blank", "Service is overloaded.")
         if limited:
             return _problem(
@@ -430,8 +440,9 @@ def _problem(
 
 def demo_projects(now: datetime) -> list[SimProject]:
     """The demo, on any date: production projected to reach its cap before the cycle ends, with
-    credits; research over its budget (cli sets the budgets), without credits (404), and a 503
-    every seventh usage request so that the error panels have data."""
+    credits; research over its budget (cli sets the budgets), without credits (404), a 503
+    every seventh usage request (retried) and a failed poll every 60 usage requests (30 minutes at
+    the demo's interval, the first on the third poll), so that the error panels have data."""
     reset = (now - timedelta(days=12)).day  # twelve days into the cycle
     origin = now.date() - timedelta(days=40)
     return [
@@ -458,5 +469,6 @@ def demo_projects(now: datetime) -> list[SimProject]:
             origin=origin,
             credits=None,
             error_every=7,
+            outage_every=60,
         ),
     ]
