@@ -83,9 +83,17 @@ class RateLimit:
 
     def retry_at(self, now: float) -> float:
         """When a token that got a rate-limit 429 may be used again: the later of the two
-        headers' times, the window's length when neither is usable, never beyond one window."""
-        times = [t for t in (self.reset, self.retry_after) if t is not None and t > now]
-        return min(max(times, default=now + RATE_LIMIT_WINDOW), now + RATE_LIMIT_WINDOW)
+        headers' times, the window's length when neither is usable, never beyond one window.
+        A time less than one window past is a reset that just happened (whole epoch seconds,
+        clock skew): the next poll may ask again. One further past is nonsense, read as unusable."""
+        times = [
+            t
+            for t in (self.reset, self.retry_after)
+            if t is not None and t > now - RATE_LIMIT_WINDOW
+        ]
+        if not times:
+            return now + RATE_LIMIT_WINDOW
+        return min(max(*times, now), now + RATE_LIMIT_WINDOW)
 
 
 @dataclass(frozen=True, slots=True)

@@ -422,6 +422,10 @@ def test_a_token_file_is_read_only_when_regular_and_small(tmp_path: Path, fifo: 
         ({"x-rate-limit-reset": "99999999999999999999"}, RATE_LIMIT_WINDOW),
         ({"x-rate-limit-reset": str(int(time.time()) + 10 * 365 * 86400)}, RATE_LIMIT_WINDOW),
         ({"x-rate-limit-reset": "-5"}, RATE_LIMIT_WINDOW),
+        # A reset that has just passed (the header carries whole seconds): no further wait.
+        ({"x-rate-limit-reset": str(int(time.time()) - 1)}, 0),
+        ({"x-rate-limit-reset": str(int(time.time()) - 10 * 60)}, 0),
+        ({"x-rate-limit-reset": str(int(time.time()) - 20 * 60)}, RATE_LIMIT_WINDOW),
         ({"retry-after": "120"}, 120),
         ({"retry-after": "999999999999999999999"}, RATE_LIMIT_WINDOW),
         ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, RATE_LIMIT_WINDOW),
