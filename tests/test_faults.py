@@ -129,8 +129,9 @@ FAULTS = [
     (Fault.MALFORMED, "parse", "200"),
     (Fault.BAD_FIELD, "parse", "200"),
     (Fault.SLOW, "timeout", "error"),
+    (Fault.CREDITS_DEPLETED, "credits_depleted", "402"),
 ]
-TOKEN_PROJECT = "9009"
+TOKEN_PROJECT = "7777"  # apart from the fault projects' 1001 ... 9009
 TIMEOUT = "1s"
 SLOW_DELAY = 2.5  # the SLOW fault's answer comes after the timeout
 # No credits requests, and 35 days of history (a whole cycle) to keep each answer small.
@@ -156,7 +157,7 @@ class Suite:
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
-    """One exporter process polling nine projects every 500 ms: one per fault mode, one for the
+    """One exporter process polling ten projects every 500 ms: one per fault mode, one for the
     token-file test. The simulator's rate-limit window is 5 s, so that only the injected
     faults, never the real 50-per-window limit, answer 429; the request timeout leaves a loaded
     machine plenty of time, so that only the SLOW fault times out."""
@@ -282,6 +283,9 @@ def test_a_fault_keeps_the_last_good_values_and_counts_it_under_its_reason(
         assert failing.get("xapi_project_usage_capped", **labels) == (
             1 if fault is Fault.USAGE_CAPPED else 0
         )
+        assert failing.get("xapi_project_credits_depleted", **labels) == (
+            1 if fault is Fault.CREDITS_DEPLETED else 0
+        )
         others = [r for r in ("parse", "timeout", "server_error", "token") if r != reason]
         assert all(
             failing.get("xapi_exporter_poll_error", project=name, reason=other) == 0
@@ -297,6 +301,7 @@ def test_a_fault_keeps_the_last_good_values_and_counts_it_under_its_reason(
     assert run.recovered.get("xapi_project_posts_consumed", **labels) == good + 5_000
     assert run.recovered.get("xapi_exporter_poll_error", project=name, reason=reason) == 0
     assert run.recovered.get("xapi_project_usage_capped", **labels) == 0
+    assert run.recovered.get("xapi_project_credits_depleted", **labels) == 0
     assert (run.recovered.get(last_success, project=name) or 0) > (
         run.later.get(last_success, project=name) or 0
     )
