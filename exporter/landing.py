@@ -69,10 +69,15 @@ def _status_line(state: ProjectState, now: datetime) -> str:
         fresh = f"{_ago(now - status.last_success)} ago"
     if status.success:
         return f'<p class="meta"><span class="ok">Last poll OK</span> · data from {fresh}</p>'
-    capped = " · the X API refuses reads: monthly cap reached" if status.usage_capped else ""
+    # The same blocked states as the metrics: a cap flag ends with the cycle it was seen in.
+    blocked = ""
+    if status.capped_at(now):
+        blocked = " · the X API refuses reads: monthly cap reached"
+    elif status.credits_depleted:
+        blocked = " · the X API refuses every billed request: prepaid credits used up"
     return (
         f'<p class="meta"><span class="bad">Last poll failed ({escape(status.error_reason or "")})'
-        f"</span>: {escape(status.error_message or '')} · last good data {fresh}{capped}</p>"
+        f"</span>: {escape(status.error_message or '')} · last good data {fresh}{blocked}</p>"
     )
 
 
