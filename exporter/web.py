@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import io
 import logging
+import resource
+import selectors
 import socket
 import ssl
 import threading
@@ -206,10 +209,15 @@ def _text(
 
 
 # Bounds on clients (docs/security.md), as Go's http.Server ReadHeaderTimeout and WriteTimeout.
-MAX_CONNECTIONS = 128  # at once; beyond, the oldest one still sending its head is dropped
+MAX_CONNECTIONS = 128  # handled at once; beyond, the oldest one still sending its head is dropped
 HEADER_TIMEOUT = 5.0  # from accept to the end of the request head, TLS handshake included
 RESPONSE_TIMEOUT = 30.0  # from the end of the head to the end of the answer
+# Plain-HTTP request heads read at once by the event loop, each costing a socket and a buffer, not
+# a thread; beyond, the oldest is dropped. Kept well under the open-file limit (pending_bound).
+MAX_PENDING_HEADS = 1024
+MAX_HEAD = 65536  # bytes buffered per pending head; a longer one goes to the handler to refuse
 _REAP_EVERY = 0.25
+_ACCEPTS_PER_TURN = 64  # then the loop reads heads before accepting more
 # Go's answer to plain HTTP on a TLS port.
 _PLAIN_HTTP_TO_TLS = (
     b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
@@ -217,10 +225,44 @@ _PLAIN_HTTP_TO_TLS = (
 )
 
 
+def pending_bound() -> int:
+    """MAX_PENDING_HEADS, or a quarter of the open-file limit when that is lower."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_PENDING_HEADS
+    return max(8, min(MAX_PENDING_HEADS, soft // 4))
+
+
+class _Replay(io.RawIOBase):
+    """The head the event loop already read, then the socket."""
+
+    def __init__(self, head: bytes, conn: socket.socket) -> None:
+        self._head = memoryview(head)
+        self._conn = conn
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            size = min(len(buffer), len(self._head))
+            buffer[:size] = self._head[:size]
+            self._head = self._head[size:]
+            return size
+        return self._conn.recv_into(buffer)
+
+
 class _QuietHandler(WSGIRequestHandler):
     # Per socket operation; the deadlines above bound the whole exchange.
     timeout = RESPONSE_TIMEOUT
     server: _ThreadingServer
+
+    def setup(self) -> None:
+        super().setup()
+        head = self.server.heads.pop(self.connection, None)
+        if head is not None:
+            self.rfile.close()
+            self.rfile = io.BufferedReader(_Replay(head, self.connection))
 
     def parse_request(self) -> bool:
         parsed = super().parse_request()  # reads the header lines too
@@ -233,6 +275,11 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """Accepts and reads plain-HTTP request heads in one event loop (the serve_forever thread), as
+    Go's net/http does with goroutines, so clients that trickle their heads cost no thread and a
+    scraper is accepted at once; a complete head goes to a handler thread. TLS connections go to
+    a handler thread at accept: the handshake and head are read there."""
+
     daemon_threads = True
     allow_reuse_address = True
     # socketserver's default backlog of 5 refuses connections when many scrapers arrive at once.
@@ -243,7 +290,11 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
         super().server_activate()
         self._deadlines: dict[socket.socket, tuple[float, bool]] = {}  # -> (deadline, head done)
         self._deadlines_lock = threading.Lock()
+        # Complete heads read by the loop, taken by the handler's setup().
+        self.heads: dict[socket.socket, bytes] = {}
         self._closed = threading.Event()
+        self._stopped = threading.Event()
+        self._wake_loop, self._waker = socket.socketpair()
         threading.Thread(target=self._reap, name="web-reaper", daemon=True).start()
 
     def watch(self, conn: socket.socket, seconds: float, head_done: bool) -> None:
@@ -251,23 +302,112 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
             self._deadlines.pop(conn, None)  # re-inserted last: the dict stays in age order
             self._deadlines[conn] = (time.monotonic() + seconds, head_done)
 
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        bound = pending_bound()
+        self.socket.setblocking(False)
+        self._selector = selectors.DefaultSelector()
+        # In age order, so deadlines too: socket -> (deadline, head so far, client address).
+        self._pending: dict[socket.socket, tuple[float, bytearray, Any]] = {}
+        self._selector.register(self.socket, selectors.EVENT_READ)
+        self._selector.register(self._wake_loop, selectors.EVENT_READ)
+        try:
+            while not self._closed.is_set():
+                wait = poll_interval
+                if self._pending:
+                    first_deadline = next(iter(self._pending.values()))[0]
+                    wait = min(wait, max(0.0, first_deadline - time.monotonic()))
+                for key, _ in self._selector.select(wait):
+                    if key.fileobj is self.socket:
+                        self._accept(bound)
+                    elif key.fileobj is self._wake_loop:
+                        with contextlib.suppress(OSError):
+                            self._wake_loop.recv(64)
+                    else:
+                        assert isinstance(key.fileobj, socket.socket)
+                        self._read_head(key.fileobj)
+                now = time.monotonic()
+                while self._pending and next(iter(self._pending.values()))[0] <= now:
+                    self._drop(next(iter(self._pending)))
+        finally:
+            for conn in list(self._pending):
+                self._drop(conn)
+            self._selector.close()
+            self._stopped.set()
+
+    def _accept(self, bound: int) -> None:
+        for _ in range(_ACCEPTS_PER_TURN):
+            try:
+                conn, address = self.socket.accept()
+            except OSError:  # none left; or out of files, or the client gave up: next turn
+                return
+            if self.ssl_context is not None:
+                conn.setblocking(True)
+                self.process_request(conn, address)
+                continue
+            if len(self._pending) >= bound:
+                # A slow head is the cheapest client to drop: a scraper sends its head at once.
+                self._drop(next(iter(self._pending)))
+            conn.setblocking(False)
+            self._pending[conn] = (time.monotonic() + HEADER_TIMEOUT, bytearray(), address)
+            self._selector.register(conn, selectors.EVENT_READ)
+
+    def _read_head(self, conn: socket.socket) -> None:
+        deadline, head, address = self._pending[conn]
+        try:
+            data = conn.recv(MAX_HEAD - len(head))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client hung up
+            self._drop(conn)
+            return
+        start = max(0, len(head) - 3)
+        head += data
+        ended = head.find(b"\n\r\n", start) >= 0 or head.find(b"\n\n", start) >= 0
+        if not ended and len(head) < MAX_HEAD:
+            return
+        self._selector.unregister(conn)
+        del self._pending[conn]
+        conn.setblocking(True)
+        self.heads[conn] = bytes(head)
+        self._admit(conn, address, max(0.0, deadline - time.monotonic()))
+
+    def _drop(self, conn: socket.socket) -> None:
+        self._selector.unregister(conn)
+        del self._pending[conn]
+        conn.close()
+
     def process_request(self, request: Any, client_address: Any) -> None:
+        self._admit(request, client_address, HEADER_TIMEOUT)
+
+    def _admit(self, request: Any, client_address: Any, head_seconds: float) -> None:
         with self._deadlines_lock:
             crowded = len(self._deadlines) >= MAX_CONNECTIONS
             oldest = next((c for c, (_, done) in self._deadlines.items() if not done), None)
             if crowded and oldest is not None:
-                # A slow head is the cheapest client to drop: a scraper sends its head at once.
                 self._deadlines.pop(oldest)
                 _cut(oldest)
         if crowded and oldest is None:
             self.shutdown_request(request)
             return
-        self.watch(request, HEADER_TIMEOUT, head_done=False)
-        super().process_request(request, client_address)
+        self.watch(request, head_seconds, head_done=False)
+        try:
+            super().process_request(request, client_address)
+        except Exception:  # no thread to be had: that client alone fails, the loop goes on
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+
+    def shutdown(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._waker.send(b"x")
+        self._stopped.wait()
 
     def shutdown_request(self, request: Any) -> None:
         with self._deadlines_lock:
             self._deadlines.pop(request, None)
+        self.heads.pop(request, None)
         super().shutdown_request(request)
 
     def _reap(self) -> None:
@@ -283,6 +423,8 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     def server_close(self) -> None:
         self._closed.set()
         super().server_close()
+        self._wake_loop.close()
+        self._waker.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that hangs up or fails the TLS handshake is not the exporter's error.

@@ -16,6 +16,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -32,7 +33,7 @@ from exporter.client import MAX_SHOWN_CHARS, RATE_LIMIT_WINDOW, RateLimit, read_
 from exporter.config import MAX_TOKEN_FILE_BYTES, TokenSource
 from exporter.errors import ConfigError, TokenError
 from exporter.simulator import Fault, SimProject, Simulator
-from exporter.web import HEADER_TIMEOUT, MAX_CONNECTIONS
+from exporter.web import HEADER_TIMEOUT, MAX_CONNECTIONS, pending_bound
 from tests.conftest import find_token_fragments
 from tests.harness import FakeClock, Harness, sim_project
 from tests.servers import Exporter
@@ -510,9 +511,8 @@ def _threads(pid: int) -> int:
     raise AssertionError("no Threads line")
 
 
-def test_clients_that_trickle_their_request_head_are_dropped_and_scrapes_stay_quick(
-    tmp_path: Path,
-) -> None:
+@contextmanager
+def _one_project_exporter(tmp_path: Path) -> Iterator[Exporter]:
     simulator = Simulator([sim_project("1001", _token(93), credits=None)])
     simulator.start()
     try:
@@ -520,49 +520,110 @@ def test_clients_that_trickle_their_request_head_are_dropped_and_scrapes_stay_qu
         exporter = Exporter("--config.file", str(config))
         try:
             exporter.wait_ready()
-            baseline = _threads(exporter.proc.pid)
-            slow: list[socket.socket] = []
-            for _ in range(SLOW_CLIENTS):
-                sock = socket.create_connection(("127.0.0.1", exporter.port), timeout=5)
-                sock.sendall(b"G")
-                sock.setblocking(False)
-                slow.append(sock)
-            seconds: list[float] = []
-            threads = 0
-            cut_after: dict[socket.socket, float] = {}
-            started = time.monotonic()
-            # Each is dropped HEADER_TIMEOUT after the exporter accepted it, or sooner when newer
-            # ones crowd it out; accepting 600 takes a while on a loaded machine.
-            while len(cut_after) < SLOW_CLIENTS and time.monotonic() < started + 3 * HEADER_TIMEOUT:
-                for sock in slow:  # a byte a second each, never the end of the head
-                    if sock in cut_after:
-                        continue
-                    try:
-                        sock.send(b"E")
-                        if sock.recv(1) == b"":
-                            cut_after[sock] = time.monotonic() - started
-                    except BlockingIOError:
-                        pass
-                    except OSError:
-                        cut_after[sock] = time.monotonic() - started
-                for _ in range(10):
-                    began = time.monotonic()
-                    assert httpx.get(f"{exporter.url}/metrics", timeout=5).status_code == 200
-                    seconds.append(time.monotonic() - began)
-                    threads = max(threads, _threads(exporter.proc.pid))
-                    time.sleep(0.1)
-            peak = peak_rss(exporter.proc.pid)
-            for sock in slow:
-                sock.close()
-            assert httpx.get(f"{exporter.url}/-/healthy", timeout=5).status_code == 200
+            yield exporter
         finally:
             assert exporter.stop() == 0
     finally:
         simulator.stop()
+
+
+def _slow_heads(port: int, count: int) -> list[socket.socket]:
+    """Clients that send the first byte of a request head and never the rest."""
+    slow = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(b"G")
+        sock.setblocking(False)
+        slow.append(sock)
+    return slow
+
+
+def _dropped(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_clients_that_trickle_their_request_head_are_dropped_and_scrapes_stay_quick(
+    tmp_path: Path,
+) -> None:
+    with _one_project_exporter(tmp_path) as exporter:
+        baseline = _threads(exporter.proc.pid)
+        slow = _slow_heads(exporter.port, SLOW_CLIENTS)
+        seconds: list[float] = []
+        threads = 0
+        cut_after: dict[socket.socket, float] = {}
+        started = time.monotonic()
+        # Each is dropped HEADER_TIMEOUT after the exporter accepted it, or sooner when newer
+        # ones crowd it out; accepting 600 takes a while on a loaded machine.
+        while len(cut_after) < SLOW_CLIENTS and time.monotonic() < started + 3 * HEADER_TIMEOUT:
+            for sock in slow:  # a byte a second each, never the end of the head
+                if sock in cut_after:
+                    continue
+                try:
+                    sock.send(b"E")
+                    if sock.recv(1) == b"":
+                        cut_after[sock] = time.monotonic() - started
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    cut_after[sock] = time.monotonic() - started
+            for _ in range(10):
+                began = time.monotonic()
+                assert httpx.get(f"{exporter.url}/metrics", timeout=5).status_code == 200
+                seconds.append(time.monotonic() - began)
+                threads = max(threads, _threads(exporter.proc.pid))
+                time.sleep(0.1)
+        peak = peak_rss(exporter.proc.pid)
+        for sock in slow:
+            sock.close()
+        assert httpx.get(f"{exporter.url}/-/healthy", timeout=5).status_code == 200
     assert len(cut_after) == SLOW_CLIENTS  # every one dropped
     assert threads < baseline + MAX_CONNECTIONS + 8
     assert peak < RSS_CEILING
     assert statistics.quantiles(seconds, n=100)[98] < SCRAPE_P99_CEILING
+
+
+def test_slow_heads_beyond_the_handler_bound_wait_unharmed_while_a_scrape_is_answered(
+    tmp_path: Path,
+) -> None:
+    # More than MAX_CONNECTIONS: when each head had a thread, the oldest were dropped for newer
+    # ones and a scrape queued behind them. Heads still pending cost no handler.
+    count = MAX_CONNECTIONS + 64
+    assert pending_bound() > count
+    with _one_project_exporter(tmp_path) as exporter:
+        baseline = _threads(exporter.proc.pid)
+        slow = _slow_heads(exporter.port, count)
+        response = httpx.get(f"{exporter.url}/metrics", timeout=HEADER_TIMEOUT)
+        # Ordering, not a stopwatch: every slow client still waits, so the scrape was answered
+        # before the first of them reached its head deadline.
+        still_open = sum(not _dropped(sock) for sock in slow)
+        threads = _threads(exporter.proc.pid)
+        for sock in slow:
+            sock.close()
+    assert response.status_code == 200
+    assert "xapi_exporter_" in response.text
+    assert still_open == count
+    assert threads < baseline + 8  # pending heads hold no thread
+
+
+def test_beyond_the_pending_head_bound_the_oldest_heads_are_dropped(tmp_path: Path) -> None:
+    bound, extra = pending_bound(), 32
+    with _one_project_exporter(tmp_path) as exporter:
+        slow = _slow_heads(exporter.port, bound + extra)
+        dropped: set[int] = set()
+        until = time.monotonic() + 2
+        while len(dropped) < extra and time.monotonic() < until:
+            dropped |= {index for index, sock in enumerate(slow) if _dropped(sock)}
+            time.sleep(0.05)
+        response = httpx.get(f"{exporter.url}/-/healthy", timeout=HEADER_TIMEOUT)
+        for sock in slow:
+            sock.close()
+    assert dropped == set(range(extra))  # the oldest, and only as many as over the bound
+    assert response.status_code == 200
 
 
 def test_a_request_timeout_longer_than_the_poll_interval_is_warned_about(tmp_path: Path) -> None:
