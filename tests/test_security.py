@@ -424,9 +424,10 @@ def test_a_token_file_is_read_only_when_regular_and_small(tmp_path: Path, fifo: 
         ({"x-rate-limit-reset": str(int(time.time()) + 10 * 365 * 86400)}, RATE_LIMIT_WINDOW),
         ({"x-rate-limit-reset": "-5"}, RATE_LIMIT_WINDOW),
         # A reset that has just passed (the header carries whole seconds): no further wait.
-        ({"x-rate-limit-reset": str(int(time.time()) - 1)}, 0),
-        ({"x-rate-limit-reset": str(int(time.time()) - 10 * 60)}, 0),
-        ({"x-rate-limit-reset": str(int(time.time()) - 20 * 60)}, RATE_LIMIT_WINDOW),
+        # ("now-N": N seconds before the test runs, not before it was collected.)
+        ({"x-rate-limit-reset": "now-1"}, 0),
+        ({"x-rate-limit-reset": "now-600"}, 0),
+        ({"x-rate-limit-reset": "now-1200"}, RATE_LIMIT_WINDOW),
         ({"retry-after": "120"}, 120),
         ({"retry-after": "999999999999999999999"}, RATE_LIMIT_WINDOW),
         ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, RATE_LIMIT_WINDOW),
@@ -437,7 +438,11 @@ def test_a_rate_limit_wait_is_read_from_either_header_and_never_exceeds_the_wind
     headers: dict[str, str], wait: float
 ) -> None:
     now = time.time()
-    retry_at = RateLimit.from_headers(httpx.Headers(headers)).retry_at(now)
+    sent = {
+        name: str(int(now) - int(value.removeprefix("now-"))) if value.startswith("now-") else value
+        for name, value in headers.items()
+    }
+    retry_at = RateLimit.from_headers(httpx.Headers(sent)).retry_at(now)
     assert retry_at - now == pytest.approx(wait, abs=2)
 
 
