@@ -258,6 +258,66 @@ def test_rises_that_turned_in_the_past_are_damped_hard(monkeypatch: pytest.Monke
     assert truth < chosen < light  # both overshoot the turn; the hard damping by less
 
 
+# The trend's evidence: fourteen days within the last four weeks
+
+
+def test_a_trend_needs_fourteen_days_within_the_last_four_weeks() -> None:
+    today = NOON_DAY_11.date()
+
+    def posts(k: int) -> int:  # k days before today: 5% fewer Posts every day
+        return round(10_000 * math.exp(-0.05 * (13 - k)))
+
+    recent = {today - k * DAY: posts(k) for k in range(1, 14)}  # 13 days
+
+    # A 14th day 27 days before the last one is inside the four weeks: the decline is followed,
+    # damped lightly (0.98 a day) as no backtest can choose: day h ahead moves by
+    # -0.05 x (0.98 + ... + 0.98^h). Today's second half is h = 1, March 12 to 30 h = 2 to 20.
+    def ahead(h: int) -> float:
+        return posts(1) * math.exp(-0.05 * 0.98 * (1.0 - 0.98**h) / 0.02)
+
+    followed = 0.5 * ahead(1) + sum(ahead(h) for h in range(2, 21))
+    inside = forecast(recent | {today - 28 * DAY: posts(28)}, consumed=50_000)
+    assert abs((inside.projected - 50_000) / followed - 1.0) < 0.01
+    # One day further back it is outside: 13 days are no trend, and the level is their median
+    # (plus the lognormal mean correction of their spread, a few percent).
+    outside = forecast(recent | {today - 29 * DAY: posts(29)}, consumed=50_000)
+    assert 1.0 <= (outside.projected - 50_000) / (19.5 * posts(7)) < 1.05
+
+
+# The band
+
+
+def test_a_noise_free_past_gives_the_prior_error_shared_among_its_21_backtests() -> None:
+    # A flat history: the 21 backtests (from each of the last 21 origins) all err by 0, so the
+    # band's log-scale error is the one prior pseudo-error of 0.3 over 21 + 1 observations.
+    daily = flat_history(NOON_DAY_11, 1000) | {NOON_DAY_11.date(): 500}
+    result = forecast(daily, consumed=10_500)
+    spread = math.exp(1.2815515655446004 * 0.3 / math.sqrt(22))
+    assert abs(result.projected - 30_000) < 1.0
+    assert abs((result.upper - 10_500) / (result.projected - 10_500) - spread) < 1e-9
+    assert abs((result.projected - 10_500) / (result.lower - 10_500) - spread) < 1e-9
+
+
+def test_the_band_of_an_absurd_history_is_capped_at_a_factor_of_46() -> None:
+    # From 1 Post a day to a million: every backtest errs by a factor of about a million.
+    today = NOON_DAY_11.date()
+    values = (10**6, 10**6, 1, 1, 1)  # yesterday first
+    daily = {today - k * DAY: v for k, v in enumerate(values, start=1)}
+    result = forecast(daily, consumed=50_000)
+    cap = math.exp(1.2815515655446004 * 3.0)  # z of 80% band x the largest log error, 3
+    assert abs((result.upper - 50_000) / (result.projected - 50_000) - cap) < 1e-9
+
+
+def test_the_mean_correction_of_a_wild_series_is_at_most_a_factor_of_root_e() -> None:
+    # Three days spread over four orders of magnitude: their log-scale noise (about 6.8) is
+    # bounded by 1, so a day is expected at exp(median + 1/2), not exp(median + 6.8^2 / 2).
+    today = NOON_DAY_11.date()
+    daily = {today - 3 * DAY: 1_000_000, today - 2 * DAY: 100, today - DAY: 10_000}
+    result = forecast(daily, consumed=50_000)
+    per_day = 10_001 * math.exp(0.5) - 1.0  # log1p(10,000) + 1/2, back from log1p
+    assert abs((result.projected - 50_000) / (19.5 * per_day) - 1.0) < 1e-9
+
+
 # The partial current day
 
 
@@ -357,6 +417,12 @@ def test_two_days_of_history_give_their_level_and_a_wide_finite_band() -> None:
     assert abs(result.projected - (2500 + 500 + 19_000)) < 1.0
     assert result.upper / result.projected > 1.2
     assert math.isfinite(result.upper)
+
+
+def test_a_run_rate_of_the_first_minutes_of_a_cycle_counts_them_as_an_hour() -> None:
+    # 100 Posts in the first 30 minutes, nothing daily: read as 100 an hour, not 200.
+    result = forecast({}, consumed=100, now=CYCLE_START + timedelta(minutes=30))
+    assert abs(result.projected - (100 + 2400 * (30 - 1 / 48))) < 1.0
 
 
 def test_no_daily_data_falls_back_to_the_cycle_run_rate() -> None:
