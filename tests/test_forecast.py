@@ -284,6 +284,28 @@ def test_a_trend_needs_fourteen_days_within_the_last_four_weeks() -> None:
     assert 1.0 <= (outside.projected - 50_000) / (19.5 * posts(7)) < 1.05
 
 
+def test_a_level_shift_is_split_off_only_with_three_days_on_either_side() -> None:
+    ts = [float(t) for t in range(-27, 1)]  # 28 days up to the anchor
+    assert forecast_module._level_shift(ts, [0.0] * 25 + [1.0] * 3) == 25  # where it started
+    assert forecast_module._level_shift(ts, [1.0] * 3 + [0.0] * 25) == 3
+    # Two days at a new level are no segment of their own: the split keeps three days after it.
+    assert forecast_module._level_shift(ts, [0.0] * 26 + [1.0] * 2) == 25
+    assert forecast_module._level_shift(ts, [0.0] * 27 + [1.0]) == 0  # one wild day: no shift
+    # Splits at 10 to 14 fit a step up by 1, then 1 more, equally well: the earliest is kept, so
+    # the days after the break (the ones the forecast is fitted on) are as many as can be.
+    assert forecast_module._level_shift(ts, [0.0] * 10 + [1.0] * 4 + [2.0] * 14) == 10
+
+
+def test_a_runaway_trend_is_capped_at_e_to_the_50_posts_a_day() -> None:
+    today = NOON_DAY_11.date()
+    daily = {today - k * DAY: round(math.exp(49 - k)) for k in range(1, 49)}  # x e every day
+    consumed = sum(v for d, v in daily.items() if d >= CYCLE_START.date())
+    result = forecast(daily, consumed=consumed)
+    # half of today and 19 days, each at most e^50 Posts
+    assert consumed < result.projected <= consumed + 19.5 * math.exp(50.0)
+    assert math.isfinite(result.upper)
+
+
 # The band
 
 
