@@ -180,15 +180,16 @@ def test_the_80_percent_band_holds_roughly_80_percent_of_outcomes_in_every_patte
 # Earning its complexity: the structured model against the run rate, on the project's own past
 
 
-def run_rate_share(daily: dict[date, int], consumed: int) -> float:
-    """Share of the run rate in the projection at NOON_DAY_11, read off its response to `consumed`.
+def run_rate_share(daily: dict[date, int], consumed: int, now: datetime = NOON_DAY_11) -> float:
+    """Share of the run rate in the projection at `now`, read off its response to `consumed`.
 
     Consumption so far enters the structured forecast once; the run rate also extrapolates it
-    over the rest of the cycle. So each extra Post adds 1 + share x (19.5 / 10.5) Posts.
+    over the rest of the cycle. So each extra Post adds 1 + share x (horizon / elapsed) Posts.
     """
     extra = 10_500
-    delta = forecast(daily, consumed + extra).projected - forecast(daily, consumed).projected
-    return (delta - extra) / (extra * 19.5 / 10.5)
+    before = forecast(daily, consumed, now=now).projected
+    delta = forecast(daily, consumed + extra, now=now).projected - before
+    return (delta - extra) / (extra * ((CYCLE_END - now) / (now - CYCLE_START)))
 
 
 def three_week_wave(today: date) -> dict[date, int]:
@@ -216,6 +217,44 @@ def test_a_spike_unlike_anything_in_the_past_keeps_the_run_rate_out() -> None:
     daily = three_week_wave(today) | {today - DAY: 100_000}
     consumed = sum(v for d, v in daily.items() if d >= CYCLE_START.date())
     assert run_rate_share(daily, consumed) == 0.0
+
+
+def test_the_cycles_own_run_rate_counts_from_its_first_full_day() -> None:
+    def wave_at(now: datetime) -> tuple[dict[date, int], int]:
+        daily = three_week_wave(now.date()) | {now.date(): 5000}
+        return daily, sum(v for d, v in daily.items() if d >= CYCLE_START.date())
+
+    # Before a full day the run rate is the last complete day's: Posts consumed enter once.
+    morning = CYCLE_START + 0.5 * DAY
+    daily, consumed = wave_at(morning)
+    delta = forecast(daily, consumed + 1000, now=morning).projected
+    assert abs(delta - forecast(daily, consumed, now=morning).projected - 1000) < 1e-6
+    # From one full day on it is the cycle's own: extra Posts consumed are extrapolated too.
+    for now in (CYCLE_START + DAY, CYCLE_START + 1.5 * DAY):
+        daily, consumed = wave_at(now)
+        assert run_rate_share(daily, consumed, now=now) >= 0.3
+
+
+def test_the_run_rate_is_backtested_over_as_many_days_as_the_cycle_has_run() -> None:
+    # 1000 and 3000 Posts on alternate days: a one-day run rate was always 50% off, a two-day
+    # one right; the structured model cannot see a two-day rhythm.
+    def alternating(now: datetime) -> tuple[dict[date, int], int]:
+        today = now.date()
+        daily = {today - k * DAY: 1000 if k % 2 else 3000 for k in range(1, 91)}
+        return daily, sum(v for d, v in daily.items() if d >= CYCLE_START.date())
+
+    one_day = CYCLE_START + 1.25 * DAY  # rounds to a one-day window
+    assert run_rate_share(*alternating(one_day), now=one_day) == 0.0
+    two_days = CYCLE_START + 2 * DAY
+    assert run_rate_share(*alternating(two_days), now=two_days) >= 0.3
+
+
+def test_the_projection_grows_linearly_with_posts_consumed_from_zero() -> None:
+    # The run rate extrapolates Posts consumed as they are: none consumed is a rate of none.
+    daily = three_week_wave(NOON_DAY_11.date())
+    none, some, twice = (forecast(daily, consumed).projected for consumed in (0, 50_000, 100_000))
+    assert some > none + 50_000  # the run rate has a share here
+    assert abs((twice - some) - (some - none)) < 1e-6
 
 
 # Earning its trend: the damping the project's own past supports
@@ -318,6 +357,34 @@ def test_a_noise_free_past_gives_the_prior_error_shared_among_its_21_backtests()
     assert abs(result.projected - 30_000) < 1.0
     assert abs((result.upper - 10_500) / (result.projected - 10_500) - spread) < 1e-9
     assert abs((result.projected - 10_500) / (result.lower - 10_500) - spread) < 1e-9
+    # 30 hours before the cycle ends the backtests span one day: the band widens by the square
+    # root of 1.25 days over that one.
+    late = CYCLE_END - 1.25 * DAY
+    result = forecast(flat_history(late, 1000) | {late.date(): 750}, consumed=0, now=late)
+    assert abs(result.projected - 1250) < 1.0
+    assert abs(result.upper / result.projected - spread ** math.sqrt(1.25)) < 1e-9
+
+
+def test_the_last_days_band_is_as_wide_as_single_days_strayed() -> None:
+    # 1000 and 3000 Posts on alternate days: over any two days the total is 4000, but the last
+    # 12 hours are one day's share, and single days were a factor of 1.5 to 2 off any average.
+    now = CYCLE_END - 0.5 * DAY
+    today = now.date()
+    daily = {today - k * DAY: 1000 if k % 2 else 3000 for k in range(1, 91)}
+    consumed = sum(v for d, v in daily.items() if d >= CYCLE_START.date())
+    result = forecast(daily, consumed, now=now)
+    assert (result.upper - consumed) / (result.projected - consumed) >= math.exp(1.28 * 0.5)
+
+
+def test_spans_with_half_their_days_unknown_are_not_backtested() -> None:
+    # Known every other day only: each 20-day span after an origin has 10 known days, too few to
+    # compare totals, so no backtest exists and the band is the prior error's (0.3) alone.
+    today = NOON_DAY_11.date()
+    daily = {today - k * DAY: 1000 for k in range(1, 91, 2)} | {today: 500}
+    result = forecast(daily, consumed=10_500)
+    assert abs(result.projected - 30_000) < 1.0
+    spread = math.exp(1.2815515655446004 * 0.3)
+    assert abs((result.upper - 10_500) / (result.projected - 10_500) - spread) < 1e-9
 
 
 def test_the_band_of_an_absurd_history_is_capped_at_a_factor_of_46() -> None:
@@ -537,10 +604,23 @@ def test_forecast_invariants_hold_for_any_usage(
 # The daily baseline
 
 
+def test_the_trend_is_the_median_of_the_slopes_between_every_two_days() -> None:
+    # Slopes 0, 0, 1 (neighbours), 0, 1/2 (two days apart), 1/3 (three): their median is 1/6;
+    # one wild last day cannot tilt the line to its own slope.
+    slope = forecast_module._theil_sen_slope([0.0, 1.0, 2.0, 3.0], [0.0, 0.0, 0.0, 1.0])
+    assert abs(slope - 1 / 6) < 1e-12
+
+
 def test_daily_baseline_is_the_median_of_the_last_seven_complete_days() -> None:
     today = date(2026, 3, 11)
     daily = {today - k * DAY: 100 * k for k in range(1, 15)} | {today: 99_999}
     assert daily_baseline(daily, today) == 400.0  # median of 100..700
+
+
+def test_daily_baseline_counts_a_day_without_usage_as_zero() -> None:
+    today = date(2026, 3, 11)
+    daily = {today - k * DAY: 0 for k in range(1, 5)} | {today - 5 * DAY: 10}
+    assert daily_baseline(daily, today) == 0.0
 
 
 def test_daily_baseline_skips_missing_days_and_is_none_without_data() -> None:
