@@ -345,6 +345,24 @@ def test_a_runaway_trend_is_capped_at_e_to_the_50_posts_a_day() -> None:
     assert math.isfinite(result.upper)
 
 
+def test_a_trend_keeps_the_share_of_its_slope_its_evidence_supports() -> None:
+    # log1p(Posts) = 8 + 0.01 t +- a on alternate days, over the 28 days of the fit window: the
+    # slope's standard error is a x 1.4826 (the residuals' robust sd) / sqrt(sum (t - mean)^2 =
+    # 1827). With the slope 2, 4 and 1 standard errors, 1 - 1/t^2 of it is kept: 3/4, 15/16, 0.
+    anchor = date(2026, 3, 10)
+    weekdays = (1.0,) * 7
+    for t, kept in ((2.0, 0.75), (4.0, 0.9375), (1.0, 0.0)):
+        a = 0.01 / t * math.sqrt(1827) / 1.4826
+        history = {
+            anchor - k * DAY: math.expm1(8.0 - 0.01 * k + (a if k % 2 else -a)) for k in range(28)
+        }
+        model = forecast_module._fit(history, weekdays, weekdays, anchor)
+        assert abs(model.slope - 0.01 * kept) < 1e-12
+        # The level is the median of x - slope x t, read off the kept slope: halfway between the
+        # highest day below the line (t = 0: 8 - a) and the lowest above it (t = -27).
+        assert abs(model.level - (8.0 - 0.01 * (1 - kept) * 13.5)) < 1e-9
+
+
 # The band
 
 
@@ -443,6 +461,27 @@ def test_a_partial_first_day_is_ignored_once_a_full_day_exists() -> None:
     daily = {today - 3 * DAY: 0, today - 2 * DAY: 300, today - DAY: 1000, today: 250}
     result = forecast(daily, consumed=1550, now=morning)
     assert abs(result.projected - (1550 + 0.75 * (250 + 0.75 * 1000) + 19_000)) < 1.0
+
+
+def test_a_first_day_is_dropped_only_below_the_median_of_the_week_after_it() -> None:
+    today = NOON_DAY_11.date()
+    after = (400, 400, 400, 500, 600, 600, 600, 600)  # the week after: median 500; then 600
+    for first, kept in ((540, True), (500, True), (499, False)):
+        values = (first, *after)
+        daily = {today - (len(values) - i) * DAY: v for i, v in enumerate(values)}
+        history = forecast_module._usable_history(daily, today, pace_known=False)
+        assert (today - 9 * DAY in history) is kept
+        assert len(history) == 8 + kept
+
+
+def test_ten_days_of_flat_usage_are_projected_exactly() -> None:
+    # Only four weekdays have a whole week around them yet: the other three count as ordinary.
+    daily = flat_history(NOON_DAY_11, 1000, days=10) | {NOON_DAY_11.date(): 500}
+    assert abs(forecast(daily, consumed=10_500).projected - 30_000) < 1.0
+
+
+def test_a_project_created_today_without_posts_yet_projects_none() -> None:
+    assert forecast({NOON_DAY_11.date(): 0}, consumed=0).projected == 0.0
 
 
 def test_a_lone_partial_first_day_is_used_until_half_of_today_has_passed() -> None:
