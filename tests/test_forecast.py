@@ -363,6 +363,14 @@ def test_a_trend_keeps_the_share_of_its_slope_its_evidence_supports() -> None:
         assert abs(model.level - (8.0 - 0.01 * (1 - kept) * 13.5)) < 1e-9
 
 
+def test_a_level_shift_within_a_fortnight_sets_the_level_instead_of_a_trend() -> None:
+    # 14 days (the fewest a trend is fitted on): a week at e^7 Posts, then a week at e^8.
+    anchor = date(2026, 3, 10)
+    history = {anchor - k * DAY: math.expm1(8.0 if k < 7 else 7.0) for k in range(14)}
+    model = forecast_module._fit(history, (1.0,) * 7, (1.0,) * 7, anchor)
+    assert (model.level, model.slope) == (8.0, 0.0)
+
+
 # The band
 
 
@@ -575,6 +583,11 @@ def test_exhaustion_time_is_exact_on_a_linear_trace() -> None:
 def test_exhaustion_is_now_when_consumption_is_already_over_the_cap() -> None:
     daily = flat_history(NOON_DAY_11, 1000) | {NOON_DAY_11.date(): 500}
     result = forecast(daily, consumed=2_000_100, cap=2_000_000)
+    assert result.exhaustion == NOON_DAY_11
+
+
+def test_a_cap_reached_exactly_is_exhausted_now_even_with_no_usage_ahead() -> None:
+    result = forecast({NOON_DAY_11.date(): 0}, consumed=0, cap=0)
     assert result.exhaustion == NOON_DAY_11
 
 
