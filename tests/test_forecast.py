@@ -482,6 +482,15 @@ def test_a_first_day_is_dropped_only_below_the_median_of_the_week_after_it() -> 
         assert len(history) == 8 + kept
 
 
+def test_a_weekly_rhythm_of_a_few_posts_a_week_is_measured_too() -> None:
+    # One Post each weekday, none at weekends: 5 a week, under one a day on average. Weekdays
+    # are 7/5 of the mean, weekends 0 (floored at 0.05), then scaled to a mean of 1.
+    anchor = date(2026, 3, 10)
+    history = {anchor - k * DAY: float((anchor - k * DAY).weekday() < 5) for k in range(28)}
+    raw, _ = forecast_module._weekday_factors(history)
+    assert raw == pytest.approx((1.4 * 7 / 7.1,) * 5 + (0.05 * 7 / 7.1,) * 2)
+
+
 def test_ten_days_of_flat_usage_are_projected_exactly() -> None:
     # Only four weekdays have a whole week around them yet: the other three count as ordinary.
     daily = flat_history(NOON_DAY_11, 1000, days=10) | {NOON_DAY_11.date(): 500}
