@@ -184,7 +184,7 @@ def mutated(source: str, index: int) -> str:
 def _scratch() -> Path:
     """A copy of the package and the tests, where mutants are written."""
     root = Path(tempfile.mkdtemp(prefix="x-usage-exporter-mutation-"))
-    for name in ("exporter", "tests", "alerts"):
+    for name in ("exporter", "benchmarks", "tests", "alerts"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", root / "pyproject.toml")
     return root
@@ -203,7 +203,16 @@ def _run_tests(root: Path, tests: list[str]) -> bool:
     return result.returncode == 0
 
 
-def run(module: str, every: int = 1) -> Iterator[tuple[Mutant, bool]]:
+def _indices(spec: str) -> set[int]:
+    """Mutant numbers from `3,7,10-20` (as `--list` prints them)."""
+    chosen: set[int] = set()
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        chosen.update(range(int(first), int(last or first) + 1))
+    return chosen
+
+
+def run(module: str, every: int = 1, only: set[int] | None = None) -> Iterator[tuple[Mutant, bool]]:
     root = _scratch()
     path = root / "exporter" / f"{module}.py"
     original = path.read_text(encoding="utf-8")
@@ -211,6 +220,8 @@ def run(module: str, every: int = 1) -> Iterator[tuple[Mutant, bool]]:
         if not _run_tests(root, TESTS[module]):
             raise SystemExit(f"{module}: the tests fail without any mutant")
         for mutant in mutants(original)[::every]:
+            if only is not None and mutant.index not in only:
+                continue
             path.write_text(mutated(original, mutant.index), encoding="utf-8")
             yield mutant, _run_tests(root, TESTS[module])
     finally:
@@ -222,21 +233,25 @@ def main() -> None:
     parser.add_argument("modules", nargs="*", default=["billing", "parse", "snapshot", "forecast"])
     parser.add_argument("--list", action="store_true", help="only list the mutants")
     parser.add_argument("--every", type=int, default=1, help="run every Nth mutant (a sample)")
+    parser.add_argument("--only", type=_indices, help="run only these mutants (e.g. 3,7,10-20)")
     args = parser.parse_args()
     for module in args.modules:
         source = (REPO / "exporter" / f"{module}.py").read_text(encoding="utf-8")
         if args.list:
             for mutant in mutants(source):
-                print(f"{module}.py:{mutant.line}: {mutant.description}")
+                print(f"{mutant.index} {module}.py:{mutant.line}: {mutant.description}")
             continue
         started = time.monotonic()
         survived: list[Mutant] = []
         total = 0
-        for mutant, alive in run(module, args.every):
+        for mutant, alive in run(module, args.every, args.only):
             total += 1
             if alive:
                 survived.append(mutant)
-                print(f"survived {module}.py:{mutant.line}: {mutant.description}", flush=True)
+                print(
+                    f"survived {mutant.index} {module}.py:{mutant.line}: {mutant.description}",
+                    flush=True,
+                )
         killed = total - len(survived)
         score = killed / total if total else 1.0
         print(

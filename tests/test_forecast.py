@@ -180,15 +180,16 @@ def test_the_80_percent_band_holds_roughly_80_percent_of_outcomes_in_every_patte
 # Earning its complexity: the structured model against the run rate, on the project's own past
 
 
-def run_rate_share(daily: dict[date, int], consumed: int) -> float:
-    """Share of the run rate in the projection at NOON_DAY_11, read off its response to `consumed`.
+def run_rate_share(daily: dict[date, int], consumed: int, now: datetime = NOON_DAY_11) -> float:
+    """Share of the run rate in the projection at `now`, read off its response to `consumed`.
 
     Consumption so far enters the structured forecast once; the run rate also extrapolates it
-    over the rest of the cycle. So each extra Post adds 1 + share x (19.5 / 10.5) Posts.
+    over the rest of the cycle. So each extra Post adds 1 + share x (horizon / elapsed) Posts.
     """
     extra = 10_500
-    delta = forecast(daily, consumed + extra).projected - forecast(daily, consumed).projected
-    return (delta - extra) / (extra * 19.5 / 10.5)
+    before = forecast(daily, consumed, now=now).projected
+    delta = forecast(daily, consumed + extra, now=now).projected - before
+    return (delta - extra) / (extra * ((CYCLE_END - now) / (now - CYCLE_START)))
 
 
 def three_week_wave(today: date) -> dict[date, int]:
@@ -216,6 +217,44 @@ def test_a_spike_unlike_anything_in_the_past_keeps_the_run_rate_out() -> None:
     daily = three_week_wave(today) | {today - DAY: 100_000}
     consumed = sum(v for d, v in daily.items() if d >= CYCLE_START.date())
     assert run_rate_share(daily, consumed) == 0.0
+
+
+def test_the_cycles_own_run_rate_counts_from_its_first_full_day() -> None:
+    def wave_at(now: datetime) -> tuple[dict[date, int], int]:
+        daily = three_week_wave(now.date()) | {now.date(): 5000}
+        return daily, sum(v for d, v in daily.items() if d >= CYCLE_START.date())
+
+    # Before a full day the run rate is the last complete day's: Posts consumed enter once.
+    morning = CYCLE_START + 0.5 * DAY
+    daily, consumed = wave_at(morning)
+    delta = forecast(daily, consumed + 1000, now=morning).projected
+    assert abs(delta - forecast(daily, consumed, now=morning).projected - 1000) < 1e-6
+    # From one full day on it is the cycle's own: extra Posts consumed are extrapolated too.
+    for now in (CYCLE_START + DAY, CYCLE_START + 1.5 * DAY):
+        daily, consumed = wave_at(now)
+        assert run_rate_share(daily, consumed, now=now) >= 0.3
+
+
+def test_the_run_rate_is_backtested_over_as_many_days_as_the_cycle_has_run() -> None:
+    # 1000 and 3000 Posts on alternate days: a one-day run rate was always 50% off, a two-day
+    # one right; the structured model cannot see a two-day rhythm.
+    def alternating(now: datetime) -> tuple[dict[date, int], int]:
+        today = now.date()
+        daily = {today - k * DAY: 1000 if k % 2 else 3000 for k in range(1, 91)}
+        return daily, sum(v for d, v in daily.items() if d >= CYCLE_START.date())
+
+    one_day = CYCLE_START + 1.25 * DAY  # rounds to a one-day window
+    assert run_rate_share(*alternating(one_day), now=one_day) == 0.0
+    two_days = CYCLE_START + 2 * DAY
+    assert run_rate_share(*alternating(two_days), now=two_days) >= 0.3
+
+
+def test_the_projection_grows_linearly_with_posts_consumed_from_zero() -> None:
+    # The run rate extrapolates Posts consumed as they are: none consumed is a rate of none.
+    daily = three_week_wave(NOON_DAY_11.date())
+    none, some, twice = (forecast(daily, consumed).projected for consumed in (0, 50_000, 100_000))
+    assert some > none + 50_000  # the run rate has a share here
+    assert abs((twice - some) - (some - none)) < 1e-6
 
 
 # Earning its trend: the damping the project's own past supports
@@ -258,6 +297,142 @@ def test_rises_that_turned_in_the_past_are_damped_hard(monkeypatch: pytest.Monke
     assert truth < chosen < light  # both overshoot the turn; the hard damping by less
 
 
+# The trend's evidence: fourteen days within the last four weeks
+
+
+def test_a_trend_needs_fourteen_days_within_the_last_four_weeks() -> None:
+    today = NOON_DAY_11.date()
+
+    def posts(k: int) -> int:  # k days before today: 5% fewer Posts every day
+        return round(10_000 * math.exp(-0.05 * (13 - k)))
+
+    recent = {today - k * DAY: posts(k) for k in range(1, 14)}  # 13 days
+
+    # A 14th day 27 days before the last one is inside the four weeks: the decline is followed,
+    # damped lightly (0.98 a day) as no backtest can choose: day h ahead moves by
+    # -0.05 x (0.98 + ... + 0.98^h). Today's second half is h = 1, March 12 to 30 h = 2 to 20.
+    def ahead(h: int) -> float:
+        return posts(1) * math.exp(-0.05 * 0.98 * (1.0 - 0.98**h) / 0.02)
+
+    followed = 0.5 * ahead(1) + sum(ahead(h) for h in range(2, 21))
+    inside = forecast(recent | {today - 28 * DAY: posts(28)}, consumed=50_000)
+    assert abs((inside.projected - 50_000) / followed - 1.0) < 0.01
+    # One day further back it is outside: 13 days are no trend, and the level is their median
+    # (plus the lognormal mean correction of their spread, a few percent).
+    outside = forecast(recent | {today - 29 * DAY: posts(29)}, consumed=50_000)
+    assert 1.0 <= (outside.projected - 50_000) / (19.5 * posts(7)) < 1.05
+
+
+def test_a_level_shift_is_split_off_only_with_three_days_on_either_side() -> None:
+    ts = [float(t) for t in range(-27, 1)]  # 28 days up to the anchor
+    assert forecast_module._level_shift(ts, [0.0] * 25 + [1.0] * 3) == 25  # where it started
+    assert forecast_module._level_shift(ts, [1.0] * 3 + [0.0] * 25) == 3
+    # Two days at a new level are no segment of their own: the split keeps three days after it.
+    assert forecast_module._level_shift(ts, [0.0] * 26 + [1.0] * 2) == 25
+    assert forecast_module._level_shift(ts, [0.0] * 27 + [1.0]) == 0  # one wild day: no shift
+    # Splits at 10 to 14 fit a step up by 1, then 1 more, equally well: the earliest is kept, so
+    # the days after the break (the ones the forecast is fitted on) are as many as can be.
+    assert forecast_module._level_shift(ts, [0.0] * 10 + [1.0] * 4 + [2.0] * 14) == 10
+
+
+def test_a_runaway_trend_is_capped_at_e_to_the_50_posts_a_day() -> None:
+    today = NOON_DAY_11.date()
+    daily = {today - k * DAY: round(math.exp(49 - k)) for k in range(1, 49)}  # x e every day
+    consumed = sum(v for d, v in daily.items() if d >= CYCLE_START.date())
+    result = forecast(daily, consumed=consumed)
+    # half of today and 19 days, each at most e^50 Posts
+    assert consumed < result.projected <= consumed + 19.5 * math.exp(50.0)
+    assert math.isfinite(result.upper)
+
+
+def test_a_trend_keeps_the_share_of_its_slope_its_evidence_supports() -> None:
+    # log1p(Posts) = 8 + 0.01 t +- a on alternate days, over the 28 days of the fit window: the
+    # slope's standard error is a x 1.4826 (the residuals' robust sd) / sqrt(sum (t - mean)^2 =
+    # 1827). With the slope 2, 4 and 1 standard errors, 1 - 1/t^2 of it is kept: 3/4, 15/16, 0.
+    anchor = date(2026, 3, 10)
+    weekdays = (1.0,) * 7
+    for t, kept in ((2.0, 0.75), (4.0, 0.9375), (1.0, 0.0)):
+        a = 0.01 / t * math.sqrt(1827) / 1.4826
+        history = {
+            anchor - k * DAY: math.expm1(8.0 - 0.01 * k + (a if k % 2 else -a)) for k in range(28)
+        }
+        model = forecast_module._fit(history, weekdays, weekdays, anchor)
+        assert abs(model.slope - 0.01 * kept) < 1e-12
+        # The level is the median of x - slope x t, read off the kept slope: halfway between the
+        # highest day below the line (t = 0: 8 - a) and the lowest above it (t = -27).
+        assert abs(model.level - (8.0 - 0.01 * (1 - kept) * 13.5)) < 1e-9
+
+
+def test_a_level_shift_within_a_fortnight_sets_the_level_instead_of_a_trend() -> None:
+    # 14 days (the fewest a trend is fitted on): a week at e^7 Posts, then a week at e^8.
+    anchor = date(2026, 3, 10)
+    history = {anchor - k * DAY: math.expm1(8.0 if k < 7 else 7.0) for k in range(14)}
+    model = forecast_module._fit(history, (1.0,) * 7, (1.0,) * 7, anchor)
+    assert (model.level, model.slope) == (8.0, 0.0)
+
+
+# The band
+
+
+def test_a_noise_free_past_gives_the_prior_error_shared_among_its_21_backtests() -> None:
+    # A flat history: the 21 backtests (from each of the last 21 origins) all err by 0, so the
+    # band's log-scale error is the one prior pseudo-error of 0.3 over 21 + 1 observations.
+    daily = flat_history(NOON_DAY_11, 1000) | {NOON_DAY_11.date(): 500}
+    result = forecast(daily, consumed=10_500)
+    spread = math.exp(1.2815515655446004 * 0.3 / math.sqrt(22))
+    assert abs(result.projected - 30_000) < 1.0
+    assert abs((result.upper - 10_500) / (result.projected - 10_500) - spread) < 1e-9
+    assert abs((result.projected - 10_500) / (result.lower - 10_500) - spread) < 1e-9
+    # 30 hours before the cycle ends the backtests span one day: the band widens by the square
+    # root of 1.25 days over that one.
+    late = CYCLE_END - 1.25 * DAY
+    result = forecast(flat_history(late, 1000) | {late.date(): 750}, consumed=0, now=late)
+    assert abs(result.projected - 1250) < 1.0
+    assert abs(result.upper / result.projected - spread ** math.sqrt(1.25)) < 1e-9
+
+
+def test_the_last_days_band_is_as_wide_as_single_days_strayed() -> None:
+    # 1000 and 3000 Posts on alternate days: over any two days the total is 4000, but the last
+    # 12 hours are one day's share, and single days were a factor of 1.5 to 2 off any average.
+    now = CYCLE_END - 0.5 * DAY
+    today = now.date()
+    daily = {today - k * DAY: 1000 if k % 2 else 3000 for k in range(1, 91)}
+    consumed = sum(v for d, v in daily.items() if d >= CYCLE_START.date())
+    result = forecast(daily, consumed, now=now)
+    assert (result.upper - consumed) / (result.projected - consumed) >= math.exp(1.28 * 0.5)
+
+
+def test_spans_with_half_their_days_unknown_are_not_backtested() -> None:
+    # Known every other day only: each 20-day span after an origin has 10 known days, too few to
+    # compare totals, so no backtest exists and the band is the prior error's (0.3) alone.
+    today = NOON_DAY_11.date()
+    daily = {today - k * DAY: 1000 for k in range(1, 91, 2)} | {today: 500}
+    result = forecast(daily, consumed=10_500)
+    assert abs(result.projected - 30_000) < 1.0
+    spread = math.exp(1.2815515655446004 * 0.3)
+    assert abs((result.upper - 10_500) / (result.projected - 10_500) - spread) < 1e-9
+
+
+def test_the_band_of_an_absurd_history_is_capped_at_a_factor_of_46() -> None:
+    # From 1 Post a day to a million: every backtest errs by a factor of about a million.
+    today = NOON_DAY_11.date()
+    values = (10**6, 10**6, 1, 1, 1)  # yesterday first
+    daily = {today - k * DAY: v for k, v in enumerate(values, start=1)}
+    result = forecast(daily, consumed=50_000)
+    cap = math.exp(1.2815515655446004 * 3.0)  # z of 80% band x the largest log error, 3
+    assert abs((result.upper - 50_000) / (result.projected - 50_000) - cap) < 1e-9
+
+
+def test_the_mean_correction_of_a_wild_series_is_at_most_a_factor_of_root_e() -> None:
+    # Three days spread over four orders of magnitude: their log-scale noise (about 6.8) is
+    # bounded by 1, so a day is expected at exp(median + 1/2), not exp(median + 6.8^2 / 2).
+    today = NOON_DAY_11.date()
+    daily = {today - 3 * DAY: 1_000_000, today - 2 * DAY: 100, today - DAY: 10_000}
+    result = forecast(daily, consumed=50_000)
+    per_day = 10_001 * math.exp(0.5) - 1.0  # log1p(10,000) + 1/2, back from log1p
+    assert abs((result.projected - 50_000) / (19.5 * per_day) - 1.0) < 1e-9
+
+
 # The partial current day
 
 
@@ -294,6 +469,36 @@ def test_a_partial_first_day_is_ignored_once_a_full_day_exists() -> None:
     daily = {today - 3 * DAY: 0, today - 2 * DAY: 300, today - DAY: 1000, today: 250}
     result = forecast(daily, consumed=1550, now=morning)
     assert abs(result.projected - (1550 + 0.75 * (250 + 0.75 * 1000) + 19_000)) < 1.0
+
+
+def test_a_first_day_is_dropped_only_below_the_median_of_the_week_after_it() -> None:
+    today = NOON_DAY_11.date()
+    after = (400, 400, 400, 500, 600, 600, 600, 600)  # the week after: median 500; then 600
+    for first, kept in ((540, True), (500, True), (499, False)):
+        values = (first, *after)
+        daily = {today - (len(values) - i) * DAY: v for i, v in enumerate(values)}
+        history = forecast_module._usable_history(daily, today, pace_known=False)
+        assert (today - 9 * DAY in history) is kept
+        assert len(history) == 8 + kept
+
+
+def test_a_weekly_rhythm_of_a_few_posts_a_week_is_measured_too() -> None:
+    # One Post each weekday, none at weekends: 5 a week, under one a day on average. Weekdays
+    # are 7/5 of the mean, weekends 0 (floored at 0.05), then scaled to a mean of 1.
+    anchor = date(2026, 3, 10)
+    history = {anchor - k * DAY: float((anchor - k * DAY).weekday() < 5) for k in range(28)}
+    raw, _ = forecast_module._weekday_factors(history)
+    assert raw == pytest.approx((1.4 * 7 / 7.1,) * 5 + (0.05 * 7 / 7.1,) * 2)
+
+
+def test_ten_days_of_flat_usage_are_projected_exactly() -> None:
+    # Only four weekdays have a whole week around them yet: the other three count as ordinary.
+    daily = flat_history(NOON_DAY_11, 1000, days=10) | {NOON_DAY_11.date(): 500}
+    assert abs(forecast(daily, consumed=10_500).projected - 30_000) < 1.0
+
+
+def test_a_project_created_today_without_posts_yet_projects_none() -> None:
+    assert forecast({NOON_DAY_11.date(): 0}, consumed=0).projected == 0.0
 
 
 def test_a_lone_partial_first_day_is_used_until_half_of_today_has_passed() -> None:
@@ -359,6 +564,12 @@ def test_two_days_of_history_give_their_level_and_a_wide_finite_band() -> None:
     assert math.isfinite(result.upper)
 
 
+def test_a_run_rate_of_the_first_minutes_of_a_cycle_counts_them_as_an_hour() -> None:
+    # 100 Posts in the first 30 minutes, nothing daily: read as 100 an hour, not 200.
+    result = forecast({}, consumed=100, now=CYCLE_START + timedelta(minutes=30))
+    assert abs(result.projected - (100 + 2400 * (30 - 1 / 48))) < 1.0
+
+
 def test_no_daily_data_falls_back_to_the_cycle_run_rate() -> None:
     assert forecast({}, consumed=0).projected == 0.0
     result = forecast({}, consumed=10_500)  # 10.5 days into a 30-day cycle
@@ -381,6 +592,11 @@ def test_exhaustion_time_is_exact_on_a_linear_trace() -> None:
 def test_exhaustion_is_now_when_consumption_is_already_over_the_cap() -> None:
     daily = flat_history(NOON_DAY_11, 1000) | {NOON_DAY_11.date(): 500}
     result = forecast(daily, consumed=2_000_100, cap=2_000_000)
+    assert result.exhaustion == NOON_DAY_11
+
+
+def test_a_cap_reached_exactly_is_exhausted_now_even_with_no_usage_ahead() -> None:
+    result = forecast({NOON_DAY_11.date(): 0}, consumed=0, cap=0)
     assert result.exhaustion == NOON_DAY_11
 
 
@@ -449,10 +665,23 @@ def test_forecast_invariants_hold_for_any_usage(
 # The daily baseline
 
 
+def test_the_trend_is_the_median_of_the_slopes_between_every_two_days() -> None:
+    # Slopes 0, 0, 1 (neighbours), 0, 1/2 (two days apart), 1/3 (three): their median is 1/6;
+    # one wild last day cannot tilt the line to its own slope.
+    slope = forecast_module._theil_sen_slope([0.0, 1.0, 2.0, 3.0], [0.0, 0.0, 0.0, 1.0])
+    assert abs(slope - 1 / 6) < 1e-12
+
+
 def test_daily_baseline_is_the_median_of_the_last_seven_complete_days() -> None:
     today = date(2026, 3, 11)
     daily = {today - k * DAY: 100 * k for k in range(1, 15)} | {today: 99_999}
     assert daily_baseline(daily, today) == 400.0  # median of 100..700
+
+
+def test_daily_baseline_counts_a_day_without_usage_as_zero() -> None:
+    today = date(2026, 3, 11)
+    daily = {today - k * DAY: 0 for k in range(1, 5)} | {today - 5 * DAY: 10}
+    assert daily_baseline(daily, today) == 0.0
 
 
 def test_daily_baseline_skips_missing_days_and_is_none_without_data() -> None:
