@@ -11,43 +11,21 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
-from exporter.simulator import Fault
-from tests.harness import sim_project
 from tests.servers import Exporter
-from tests.test_faults import QUIET, _config
-from tests.test_security import MODES, HostileSimulator, _token, gzip_bomb, huge_answer, peak_rss
+from tests.test_security import hostile_exporter, peak_rss
 
 MIB = 1024 * 1024
 
 
 @contextmanager
 def exporter_on(hostile: bool, poll_interval: str, projects: int = 20) -> Iterator[Exporter]:
-    gzip_bomb(), huge_answer()  # built once, before the clock starts
-    now = datetime.now(UTC)
-    sims = [sim_project(f"{i + 1}00{i + 1}", _token(i), credits=None) for i in range(projects)]
-    modes = list(MODES)
-    plan = {p.project_id: modes[i % len(modes)] for i, p in enumerate(sims[:-2])} if hostile else {}
-    simulator = HostileSimulator(sims, plan, clock=lambda: now, window_seconds=5.0)
-    simulator.start()
-    names = {p.project_id: f"p{i:02d}" for i, p in enumerate(sims)}
-    extra = f"poll_interval: {poll_interval}\nrequest_timeout: 1s\n{QUIET}"
-    config = _config(Path(tempfile.mkdtemp()), simulator, names, extra)
-    exporter = Exporter("--config.file", str(config))
-    try:
-        exporter.wait_ready()
-        for project_id, mode in plan.items():
-            if mode == "trickle":
-                simulator.set_fault(Fault.TRICKLE, project_id=project_id, delay=0.3)
-        simulator.hostile.set()
+    tmp = Path(tempfile.mkdtemp())
+    with hostile_exporter(tmp, projects, poll_interval, hostile=hostile) as (_, exporter, _):
         yield exporter
-    finally:
-        exporter.stop()
-        simulator.stop()
 
 
 def cpu_seconds(pid: int) -> float:

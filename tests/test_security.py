@@ -148,28 +148,44 @@ class Attack:
     recovered: Metrics  # once every project polled well again
 
 
+@contextmanager
+def hostile_exporter(
+    tmp: Path, count: int, poll_interval: str, *, hostile: bool = True
+) -> Iterator[tuple[HostileSimulator, Exporter, dict[str, str]]]:
+    """An exporter process polling `count` projects every `poll_interval`, all but the last two
+    answered in a hostile way (each in one of MODES, in turn) when `hostile`, the attack already
+    on: the simulator, the exporter and the project name of each hostile project with its mode."""
+    gzip_bomb(), huge_answer()  # built before the clock starts
+    now = datetime.now(UTC)
+    modes = list(MODES)
+    projects = [sim_project(f"{i + 1}00{i + 1}", _token(i), credits=None) for i in range(count)]
+    plan = {p.project_id: modes[i % len(modes)] for i, p in enumerate(projects[:-2])}
+    simulator = HostileSimulator(
+        projects, plan if hostile else {}, clock=lambda: now, window_seconds=5.0
+    )
+    simulator.start()
+    names = {p.project_id: f"p{i:02d}" for i, p in enumerate(projects)}
+    extra = f"poll_interval: {poll_interval}\nrequest_timeout: 1s\n{QUIET}"
+    exporter = Exporter("--config.file", str(_config(tmp, simulator, names, extra)))
+    try:
+        exporter.wait_ready()
+        if hostile:
+            for project_id, mode in plan.items():
+                if mode == "trickle":
+                    simulator.set_fault(Fault.TRICKLE, project_id=project_id, delay=0.3)
+            simulator.hostile.set()
+        yield simulator, exporter, {names[pid]: mode for pid, mode in plan.items() if hostile}
+    finally:
+        exporter.stop()
+        simulator.stop()
+
+
 @pytest.fixture(scope="module")
 def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Attack]:
     """20 projects polled every 500 ms; all but the last two answered in a hostile way; then the
     upstream heals."""
-    now = datetime.now(UTC)
-    modes = list(MODES)
-    projects = [sim_project(f"{i + 1}00{i + 1}", _token(i), credits=None) for i in range(PROJECTS)]
-    hostile = {p.project_id: modes[i % len(modes)] for i, p in enumerate(projects[:-2])}
-    simulator = HostileSimulator(projects, hostile, clock=lambda: now, window_seconds=5.0)
-    simulator.start()
-    names = {p.project_id: f"p{i:02d}" for i, p in enumerate(projects)}
-    by_name = {names[pid]: mode for pid, mode in hostile.items()}
     tmp = tmp_path_factory.mktemp("security")
-    config = _config(tmp, simulator, names, f"poll_interval: 500ms\nrequest_timeout: 1s\n{QUIET}")
-    gzip_bomb(), huge_answer()  # built before the clock starts
-    exporter = Exporter("--config.file", str(config))
-    try:
-        exporter.wait_ready()
-        for project_id, mode in hostile.items():
-            if mode == "trickle":
-                simulator.set_fault(Fault.TRICKLE, project_id=project_id, delay=0.3)
-        simulator.hostile.set()
+    with hostile_exporter(tmp, PROJECTS, "500ms") as (simulator, exporter, by_name):
         attacked_at = time.monotonic()
         # The valid scraper is a process of its own: this one also runs the attacker.
         scraper = subprocess.Popen(
@@ -205,11 +221,8 @@ def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Attack]:
                 break
             assert time.monotonic() < deadline, exporter.log.read_text()[-3000:]
             time.sleep(0.1)
-        tokens = {p.token for p in projects}
+        tokens = set(simulator.projects)
         yield Attack(simulator, exporter, by_name, tokens, failing, page, seconds, peak, recovered)
-    finally:
-        exporter.stop()
-        simulator.stop()
 
 
 @pytest.mark.parametrize("mode", list(MODES))
