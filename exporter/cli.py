@@ -263,14 +263,20 @@ def _fetch_all(
     return fetched, failures
 
 
-def _one_shot_config(args: argparse.Namespace) -> tuple[Config, Simulator | None] | int:
+def _one_shot_config(
+    args: argparse.Namespace, *, backtest: bool = False
+) -> tuple[Config, Simulator | None] | int:
+    """The config to fetch with; under --demo the simulator it points at (the backtest's demo has
+    a cap, budget and limit that its history crosses)."""
     if args.demo and args.config_file:
         sys.stderr.write(f"{PROG}: error: --demo and --config.file exclude each other\n")
         return EXIT_USAGE
     if args.demo:
-        simulator = Simulator(demo_projects(datetime.now(UTC)))
+        now = datetime.now(UTC)
+        simulator = Simulator(demo_with_crossings(now) if backtest else demo_projects(now))
         simulator.start()
-        return _demo_config(simulator), simulator
+        config = _demo_config(simulator)
+        return (demo_targets(config) if backtest else config), simulator
     try:
         return load_config(args.config_file), None
     except ConfigError as exc:
@@ -278,11 +284,14 @@ def _one_shot_config(args: argparse.Namespace) -> tuple[Config, Simulator | None
 
 
 def _one_shot_fetch(
-    args: argparse.Namespace, progress: Callable[[int, int, str], None] | None = None
+    args: argparse.Namespace,
+    progress: Callable[[int, int, str], None] | None = None,
+    *,
+    backtest: bool = False,
 ) -> tuple[Config, Fetched, int] | int:
     """Config, the answers of the projects that answered and the exit code for report and
     backfill (1 when a project failed: its error is on stderr), or the exit code alone."""
-    loaded = _one_shot_config(args)
+    loaded = _one_shot_config(args, backtest=backtest)
     if isinstance(loaded, int):
         return loaded
     config, simulator = loaded
@@ -406,24 +415,11 @@ def _backtest_fetch(args: argparse.Namespace) -> tuple[Config, Fetched, datetime
     """The 90 days of history of every project that answered (the demo's with crossings to
     judge) and the exit code (1 when a project failed: its error is on stderr)."""
     now = datetime.now(UTC)
-    if not args.demo:
-        loaded = _one_shot_fetch(args, _progress_bar)
-        if isinstance(loaded, int):
-            return loaded
-        config, fetched, code = loaded
-        return (config, fetched, now, code) if fetched else code
-    simulator = Simulator(demo_with_crossings(now))
-    simulator.start()
-    try:
-        config = demo_targets(_demo_config(simulator))
-        fetched, failures = _fetch_all(config, _progress_bar)
-    finally:
-        simulator.stop()
-    for failure in failures:
-        sys.stderr.write(f"{PROG}: error: {failure}\n")
-    if not fetched:
-        return EXIT_FAILURE
-    return config, fetched, now, EXIT_FAILURE if failures else EXIT_OK
+    loaded = _one_shot_fetch(args, _progress_bar, backtest=True)
+    if isinstance(loaded, int):
+        return loaded
+    config, fetched, code = loaded
+    return (config, fetched, now, code) if fetched else code
 
 
 def _demo_config(simulator: Simulator) -> Config:
