@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import statistics
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,15 @@ BACKTEST_ORIGINS = 21  # the band comes from the model's own errors from the las
 PRIOR_LOG_SD = 0.3  # error assumed before any backtest exists (about 30%) ...
 PRIOR_WEIGHT = 1.0  # ... worth one backtest error
 MIN_PACE_SHARE = 0.5  # today's pace replaces a lone first day once half of today has passed
+# The smoothed partner (docs/forecasting.md, step 7): damped-trend exponential smoothing of the
+# log weekday-adjusted days, its parameters the grid point with the least squared one-step error,
+# as a textbook ETS(A,Ad,N) fit would choose them. The grid is generic, not fitted to a benchmark.
+SMOOTHING_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5)  # level gain: memory of about 20 days to 2
+SMOOTHING_BETAS = (0.01, 0.03, 0.1)  # trend gain, as a share of the level gain
+SMOOTHING_DAMPINGS = (0.8, 0.9, 0.98)  # per day, of the smoothed trend: ETS's usual range
+SMOOTHING_CLIP_SDS = 5.0  # a one-step error past 5 robust SDs (a spike) counts as 5 SDs
+MIN_SMOOTHING_DAYS = 14  # fewer known days leave the structured model alone
+GUARD_FACTOR = 2.0  # the two now twice as far apart as at any backtest origin: structured alone
 MAX_LOG_SD = 1.0  # bounds the lognormal mean correction on wild series
 MAX_BAND_LOG_SD = 3.0  # bounds the band (x 46 at most) so absurd histories stay finite
 MAX_LOG_POSTS = 50.0  # bounds a day's forecast (e^50 Posts) so runaway trends stay finite
@@ -96,21 +106,15 @@ def forecast_cycle(
     partial = daily.get(today)
     horizon = max((cycle_end - now) / _DAY, 0.0)
 
-    elapsed = max((now - cycle_start) / _DAY, 0.0)
     pace_known = partial is not None and elapsed_today >= MIN_PACE_SHARE
     history = _usable_history(daily, today, pace_known)
     weight = 1.0
-    simple_rate = 0.0
+    smoothed: list[_Model] = []
     if history:
         raw, shrunk = _weekday_factors(history)
-        anchor = max(history)
-        model = _fit(history, raw, shrunk, anchor)
-        window = max(round(elapsed), 1)
-        model, weight, log_sd = _backtest(history, raw, shrunk, model, horizon, window)
-        if elapsed >= 1.0:
-            simple_rate = max(consumed, 0) / elapsed
-        else:
-            simple_rate = _recent_mean(history, anchor, window)
+        model = _fit(history, raw, shrunk, max(history))
+        smoothed = _smooth(history, raw, shrunk)
+        model, weight, log_sd = _backtest(history, raw, shrunk, model, horizon, smoothed)
     else:
         # No complete day to learn from: today's pace, or else the cycle's own run rate.
         if partial is not None and elapsed_today > 0.0:
@@ -120,10 +124,13 @@ def forecast_cycle(
         model = _Model(today, math.log1p(rate), 0.0, 0.0, (1.0,) * 7)
         log_sd = PRIOR_LOG_SD
 
-    segments = [
-        (start, end, weight * amount + (1.0 - weight) * simple_rate * ((end - start) / _DAY))
-        for start, end, amount in _remaining_path(model, now, cycle_end, partial, elapsed_today)
-    ]
+    segments = _remaining_path(model, now, cycle_end, partial, elapsed_today)
+    if weight < 1.0:
+        partner = _remaining_path(smoothed[-1], now, cycle_end, partial, elapsed_today)
+        segments = [
+            (start, end, weight * own + (1.0 - weight) * other)
+            for (start, end, own), (_, _, other) in zip(segments, partner, strict=True)
+        ]
     remaining = sum(amount for _, _, amount in segments)
     spread = math.exp(Z_80 * min(log_sd, MAX_BAND_LOG_SD))
     return Forecast(
@@ -259,11 +266,63 @@ def _robust_sd(xs: Sequence[float]) -> float:
     return _MAD_TO_SD * statistics.median(abs(x - middle) for x in xs)
 
 
-def _recent_mean(history: Mapping[date, float], anchor: date, window: int) -> float:
-    """Mean Posts per day over the known days among the `window` days up to `anchor`."""
-    days = (anchor - k * _DAY for k in range(window))
-    values = [history[d] for d in days if d in history]
-    return sum(values) / len(values) if values else 0.0
+def _smooth(
+    history: Mapping[date, float], raw: Sequence[float], shrunk: Sequence[float]
+) -> list[_Model]:
+    """The smoothed partner's state after each day from the first of `history`; [] if too short.
+
+    Damped-trend exponential smoothing of log(1 + Posts / weekday factor), in error-correction
+    form: each day moves the level by alpha x the one-step error and the trend by alpha x beta x
+    it. An unknown day moves nothing and lets the trend decay. The parameters are the grid point
+    with the least sum of squared one-step errors over the whole history; errors are clipped at
+    SMOOTHING_CLIP_SDS robust standard deviations of the day-to-day changes, so a spike moves the
+    level as a large day, not as a new level. The state of day d forecasts from day d on, which
+    the backtest reads from each origin (the parameters are chosen on the whole history).
+    """
+    first, anchor = min(history), max(history)
+    days = [first + k * _DAY for k in range((anchor - first).days + 1)]
+    xs = [math.log1p(history[d] / raw[d.weekday()]) if d in history else None for d in days]
+    known = [x for x in xs if x is not None]
+    if len(known) < MIN_SMOOTHING_DAYS:
+        return []
+    changes = _robust_sd([b - a for a, b in itertools.pairwise(known)]) / math.sqrt(2.0)
+    clip = SMOOTHING_CLIP_SDS * changes if changes > 0.0 else math.inf
+    start = statistics.median(known[:7])
+
+    def run(
+        alpha: float,
+        beta: float,
+        phi: float,
+        path: list[tuple[date, float, float]] | None = None,
+        errors: list[float] | None = None,
+    ) -> float:
+        """Sum of squared clipped one-step errors; each day's level and trend into `path`."""
+        level, trend, squares = start, 0.0, 0.0
+        for day, x in zip(days, xs, strict=True):
+            level += phi * trend
+            trend *= phi
+            if x is not None:
+                error = x - level
+                if errors is not None:
+                    errors.append(error)
+                if error > clip:
+                    error = clip
+                elif error < -clip:
+                    error = -clip
+                squares += error * error
+                level += alpha * error
+                trend += alpha * beta * error
+            if path is not None:
+                path.append((day, level, trend))
+        return squares
+
+    grid = itertools.product(SMOOTHING_ALPHAS, SMOOTHING_BETAS, SMOOTHING_DAMPINGS)
+    alpha, beta, phi = min(grid, key=lambda point: run(*point))
+    path: list[tuple[date, float, float]] = []
+    errors: list[float] = []
+    run(alpha, beta, phi, path, errors)
+    noise = min(_robust_sd(errors), MAX_LOG_SD)
+    return [_Model(day, level, trend, noise, tuple(shrunk), phi) for day, level, trend in path]
 
 
 def _backtest(
@@ -272,31 +331,30 @@ def _backtest(
     shrunk: Sequence[float],
     model: _Model,
     horizon: float,
-    window: int,
+    smoothed: Sequence[_Model],
 ) -> tuple[_Model, float, float]:
     """The structured model with its damping, its weight, and the log-scale RMS error of the result.
 
     From each of the last BACKTEST_ORIGINS days that leave a full span of history after them
     (the span as long as `horizon`), the structured model is fitted on the days up to that
-    origin and the simple estimate is the mean of its last `window` days, as a run rate over
-    `window` days of the cycle would be; both totals for the span are compared with what
-    happened. The structured model is scored with each of TREND_DAMPINGS and keeps the one with
-    the smaller squared log error: the trend is damped hard where this project's past trends
-    turned within the span, lightly where they carried on. It keeps the whole weight unless it
-    lost: then its weight is the simple estimate's mean squared log error over its own (lost by
-    2x: half the weight).
-    When the simple estimate now departs from the structured one further than in any backtest
-    (a step, a spike: a situation the past did not contain), the past says nothing about it and
-    the structured model keeps the whole weight. The combined forecast's errors give the band.
-    A history too short for the full span is backtested on a shorter one and its error scaled
-    by the square root of the horizon. One pseudo-error of PRIOR_LOG_SD per method regularises
-    both estimates.
+    origin and the smoothed partner forecasts from its state on that day; both totals for the
+    span are compared with what happened. The structured model is scored with each of
+    TREND_DAMPINGS and keeps the one with the smaller squared log error: the trend is damped
+    hard where this project's past trends turned within the span, lightly where they carried on.
+    The two forecasts are then weighted by the inverse of their mean squared log errors
+    (Bates and Granger): the one that forecast this project's past twice as well weighs twice
+    as much. When the two now differ by more than GUARD_FACTOR times they ever did in the
+    backtest (a spike, a step: a situation the past did not contain), the past says nothing
+    about which is right and the structured model, which handles spikes and steps, keeps the
+    whole weight. The combined forecast's errors give the band. A history too short for the
+    full span is backtested on a shorter one and its error scaled by the square root of the
+    horizon. One pseudo-error of PRIOR_LOG_SD per method regularises both estimates.
     """
     anchor = model.anchor
+    first = min(history)
     span = max(round(horizon), 1)
-    known_days = (anchor - min(history)).days + 1
-    span = min(span, known_days - MIN_SEGMENT_DAYS)
-    cases: list[tuple[float, tuple[float, ...], float]] = []  # (actual, structured, simple)
+    span = min(span, (anchor - first).days + 1 - MIN_SEGMENT_DAYS)
+    cases: list[tuple[float, tuple[float, ...], float]] = []  # (actual, structured, smoothed)
     for back in range(BACKTEST_ORIGINS if span >= 1 else 0):
         origin = anchor - (span + back) * _DAY
         train = {d: v for d, v in history.items() if d <= origin}
@@ -310,8 +368,8 @@ def _backtest(
             sum(map(dataclasses.replace(past, damping=phi).expected, seen))
             for phi in TREND_DAMPINGS
         )
-        simple = _recent_mean(train, max(train), window) * len(seen)
-        cases.append((sum(history[d] for d in seen), structured, simple))
+        partner = sum(map(smoothed[(origin - first).days].expected, seen)) if smoothed else 0.0
+        cases.append((sum(history[d] for d in seen), structured, partner))
     best = min(
         range(len(TREND_DAMPINGS)),
         key=lambda j: sum(_log_error(a, m[j]) ** 2 for a, m, _ in cases),
@@ -319,15 +377,16 @@ def _backtest(
     model = dataclasses.replace(model, damping=TREND_DAMPINGS[best])
     scored = [(a, m[best], s) for a, m, s in cases]
     prior = PRIOR_WEIGHT * PRIOR_LOG_SD**2
-    structured_sq = prior + sum(_log_error(a, m) ** 2 for a, m, _ in scored)
-    simple_sq = prior + sum(_log_error(a, s) ** 2 for a, _, s in scored)
-    weight = min(simple_sq / structured_sq, 1.0)
-    ahead = [anchor + k * _DAY for k in range(1, max(span, 1) + 1)]
-    gap = _log_error(
-        _recent_mean(history, anchor, window) * len(ahead), sum(map(model.expected, ahead))
-    )
-    if abs(gap) > max((abs(_log_error(s, m)) for _, m, s in scored), default=0.0):
-        weight = 1.0
+    weight = 1.0
+    if smoothed:
+        structured_sq = prior + sum(_log_error(a, m) ** 2 for a, m, _ in scored)
+        smoothed_sq = prior + sum(_log_error(a, s) ** 2 for a, _, s in scored)
+        weight = smoothed_sq / (smoothed_sq + structured_sq)
+        ahead = [anchor + k * _DAY for k in range(1, max(span, 1) + 1)]
+        gap = _log_error(sum(map(smoothed[-1].expected, ahead)), sum(map(model.expected, ahead)))
+        widest = max((abs(_log_error(s, m)) for _, m, s in scored), default=0.0)
+        if abs(gap) > GUARD_FACTOR * widest:
+            weight = 1.0
     squares = prior + sum(_log_error(a, weight * m + (1.0 - weight) * s) ** 2 for a, m, s in scored)
     log_sd = math.sqrt(squares / (len(scored) + PRIOR_WEIGHT))
     if scored and span < horizon:
