@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
@@ -243,6 +244,52 @@ def test_a_spike_moves_the_smoothed_level_as_a_large_day_not_as_a_new_level() ->
     # The clipped day still lifts the smoothed level by its gain x 5 SDs (here 16%) for a while;
     # with the structured model's share, the rest of the cycle moves by under a tenth.
     assert forecast(spiked, consumed + 90_000).projected < quiet + 90_000 + 0.1 * quiet
+
+
+def test_the_projection_is_the_weighted_mean_of_the_two_forecasts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    today = NOON_DAY_11.date()
+    daily = three_week_wave(today)
+    consumed = sum(v for d, v in daily.items() if d >= CYCLE_START.date())
+    combined = forecast(daily, consumed).projected - consumed
+    weight = partner_weight(daily)
+    history = forecast_module._usable_history(daily, today, True)
+    raw, shrunk = forecast_module._weekday_factors(history)
+    latest = forecast_module._smooth(history, raw, shrunk)[-1]  # the state after yesterday
+    path = forecast_module._remaining_path(latest, NOON_DAY_11, CYCLE_END, daily[today], 0.5)
+    smoothed = sum(amount for _, _, amount in path)
+    monkeypatch.setattr(forecast_module, "MIN_SMOOTHING_DAYS", 91)
+    structured = forecast(daily, consumed).projected - consumed
+    assert 0.0 < weight < 1.0 and abs(smoothed - structured) > 1000.0
+    assert abs(combined - (weight * smoothed + (1.0 - weight) * structured)) < 1e-6
+
+
+@pytest.mark.parametrize("share", [0.9, 1.5])
+def test_a_one_step_error_counts_whole_up_to_five_robust_sds_of_the_changes(share: float) -> None:
+    # Noise of about 5% a day, then a last day `share` x 5 robust SDs above the forecast for it:
+    # the level moves by alpha x the error below the clip, by alpha x the clip above it.
+    rng = random.Random(3)
+    today = NOON_DAY_11.date()
+    ones = (1.0,) * 7
+    history = {today - k * DAY: 10_000 * math.exp(rng.gauss(0.0, 0.05)) for k in range(1, 91)}
+
+    def smoothed(last: float) -> tuple[float, float, float, float]:
+        """Forecast for yesterday, its error, the level's move and the clip."""
+        days = history | {today - DAY: last}
+        states = forecast_module._smooth(days, ones, ones)
+        before = states[-2]
+        expected = before.level + before.damping * before.slope
+        logs = [math.log1p(days[d]) for d in sorted(days)]
+        changes = [b - a for a, b in itertools.pairwise(logs)]
+        clip = 5.0 * forecast_module._robust_sd(changes) / math.sqrt(2.0)
+        return expected, logs[-1] - expected, states[-1].level - expected, clip
+
+    expected, _, _, clip = smoothed(history[today - DAY])
+    _, error, move, clip = smoothed(math.expm1(expected + share * clip))
+    gain = move / min(error, clip)
+    assert any(math.isclose(gain, alpha) for alpha in forecast_module.SMOOTHING_ALPHAS)
+    assert (error < clip) == (share < 1.0)
 
 
 def test_the_smoothed_partner_needs_fourteen_known_days() -> None:
