@@ -322,7 +322,8 @@ def _smooth(
     errors: list[float] = []
     run(alpha, beta, phi, path, errors)
     noise = min(_robust_sd(errors), MAX_LOG_SD)
-    return [_Model(day, level, trend, noise, tuple(shrunk), phi) for day, level, trend in path]
+    factors = tuple(shrunk)
+    return [_Model(day, level, trend, noise, factors, phi) for day, level, trend in path]
 
 
 def _backtest(
