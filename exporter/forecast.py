@@ -27,15 +27,20 @@ BACKTEST_ORIGINS = 21  # the band comes from the model's own errors from the las
 PRIOR_LOG_SD = 0.3  # error assumed before any backtest exists (about 30%) ...
 PRIOR_WEIGHT = 1.0  # ... worth one backtest error
 MIN_PACE_SHARE = 0.5  # today's pace replaces a lone first day once half of today has passed
-# The smoothed partner (docs/forecasting.md, step 7): damped-trend exponential smoothing of the
-# log weekday-adjusted days, its parameters the grid point with the least squared one-step error,
-# as a textbook ETS(A,Ad,N) fit would choose them. The grid is generic, not fitted to a benchmark.
+# The smoothed partners (docs/forecasting.md, step 7): exponential smoothing of the log
+# weekday-adjusted days, with a damped trend (ETS(A,Ad,N)) and without one (ETS(A,N,N), simple
+# exponential smoothing), each with the grid point of the least squared one-step error, as a
+# textbook ETS fit would choose it. The grids are generic, not fitted to a benchmark.
 SMOOTHING_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5)  # level gain: memory of about 20 days to 2
 SMOOTHING_BETAS = (0.01, 0.03, 0.1)  # trend gain, as a share of the level gain
 SMOOTHING_DAMPINGS = (0.8, 0.9, 0.98)  # per day, of the smoothed trend: ETS's usual range
+# (alpha, beta, damping) points; without a trend (beta 0) the damping has nothing to damp.
+DAMPED_TREND_GRID = tuple(itertools.product(SMOOTHING_ALPHAS, SMOOTHING_BETAS, SMOOTHING_DAMPINGS))
+LEVEL_GRID = tuple((alpha, 0.0, SMOOTHING_DAMPINGS[-1]) for alpha in SMOOTHING_ALPHAS)
+PARTNER_GRIDS = (DAMPED_TREND_GRID, LEVEL_GRID)
 SMOOTHING_CLIP_SDS = 5.0  # a one-step error past 5 robust SDs (a spike) counts as 5 SDs
 MIN_SMOOTHING_DAYS = 14  # fewer known days leave the structured model alone
-GUARD_FACTOR = 2.0  # the two now twice as far apart as at any backtest origin: structured alone
+GUARD_FACTOR = 2.0  # a partner now twice as far off one before it as ever in the backtest: out
 MAX_LOG_SD = 1.0  # bounds the lognormal mean correction on wild series
 MAX_BAND_LOG_SD = 3.0  # bounds the band (x 46 at most) so absurd histories stay finite
 MAX_LOG_POSTS = 50.0  # bounds a day's forecast (e^50 Posts) so runaway trends stay finite
@@ -108,13 +113,13 @@ def forecast_cycle(
 
     pace_known = partial is not None and elapsed_today >= MIN_PACE_SHARE
     history = _usable_history(daily, today, pace_known)
-    weight = 1.0
-    smoothed: list[_Model] = []
+    weights: tuple[float, ...] = (1.0,)
+    partners: list[list[_Model]] = []
     if history:
         raw, shrunk = _weekday_factors(history)
         model = _fit(history, raw, shrunk, max(history))
-        smoothed = _smooth(history, raw, shrunk)
-        model, weight, log_sd = _backtest(history, raw, shrunk, model, horizon, smoothed)
+        partners = [s for grid in PARTNER_GRIDS if (s := _smooth(history, raw, shrunk, grid))]
+        model, weights, log_sd = _backtest(history, raw, shrunk, model, horizon, partners)
     else:
         # No complete day to learn from: today's pace, or else the cycle's own run rate.
         if partial is not None and elapsed_today > 0.0:
@@ -125,11 +130,17 @@ def forecast_cycle(
         log_sd = PRIOR_LOG_SD
 
     segments = _remaining_path(model, now, cycle_end, partial, elapsed_today)
-    if weight < 1.0:
-        partner = _remaining_path(smoothed[-1], now, cycle_end, partial, elapsed_today)
+    if weights[0] < 1.0:
+        paths = [segments] + [
+            _remaining_path(states[-1], now, cycle_end, partial, elapsed_today)
+            for states in partners
+        ]
+        combined = [
+            sum(w * amount for w, (_, _, amount) in zip(weights, pieces, strict=True))
+            for pieces in zip(*paths, strict=True)
+        ]
         segments = [
-            (start, end, weight * own + (1.0 - weight) * other)
-            for (start, end, own), (_, _, other) in zip(segments, partner, strict=True)
+            (start, end, amount) for (start, end, _), amount in zip(segments, combined, strict=True)
         ]
     remaining = sum(amount for _, _, amount in segments)
     spread = math.exp(Z_80 * min(log_sd, MAX_BAND_LOG_SD))
@@ -267,17 +278,22 @@ def _robust_sd(xs: Sequence[float]) -> float:
 
 
 def _smooth(
-    history: Mapping[date, float], raw: Sequence[float], shrunk: Sequence[float]
+    history: Mapping[date, float],
+    raw: Sequence[float],
+    shrunk: Sequence[float],
+    grid: Sequence[tuple[float, float, float]],
 ) -> list[_Model]:
-    """The smoothed partner's state after each day from the first of `history`; [] if too short.
+    """A smoothed partner's state after each day from the first of `history`; [] if too short.
 
-    Damped-trend exponential smoothing of log(1 + Posts / weekday factor), in error-correction
-    form: each day moves the level by alpha x the one-step error and the trend by alpha x beta x
-    it. An unknown day moves nothing and lets the trend decay. The parameters are the grid point
-    with the least sum of squared one-step errors over the whole history; errors are clipped at
-    SMOOTHING_CLIP_SDS robust standard deviations of the day-to-day changes, so a spike moves the
-    level as a large day, not as a new level. The state of day d forecasts from day d on, which
-    the backtest reads from each origin (the parameters are chosen on the whole history).
+    Exponential smoothing of log(1 + Posts / weekday factor) with a damped trend, in
+    error-correction form: each day moves the level by alpha x the one-step error and the trend
+    by alpha x beta x it (beta 0: no trend, simple exponential smoothing). An unknown day moves
+    nothing and lets the trend decay. The parameters are the point of `grid` (alpha, beta,
+    damping) with the least sum of squared one-step errors over the whole history; errors are
+    clipped at SMOOTHING_CLIP_SDS robust standard deviations of the day-to-day changes, so a
+    spike moves the level as a large day, not as a new level. The state of day d forecasts from
+    day d on, which the backtest reads from each origin (the parameters are chosen on the whole
+    history).
     """
     first, anchor = min(history), max(history)
     days = [first + k * _DAY for k in range((anchor - first).days + 1)]
@@ -316,7 +332,6 @@ def _smooth(
                 path.append((day, level, trend))
         return squares
 
-    grid = itertools.product(SMOOTHING_ALPHAS, SMOOTHING_BETAS, SMOOTHING_DAMPINGS)
     alpha, beta, phi = min(grid, key=lambda point: run(*point))
     path: list[tuple[date, float, float]] = []
     errors: list[float] = []
@@ -332,30 +347,33 @@ def _backtest(
     shrunk: Sequence[float],
     model: _Model,
     horizon: float,
-    smoothed: Sequence[_Model],
-) -> tuple[_Model, float, float]:
-    """The structured model with its damping, its weight, and the log-scale RMS error of the result.
+    partners: Sequence[Sequence[_Model]],
+) -> tuple[_Model, tuple[float, ...], float]:
+    """The structured model with its damping, the weights and the log-scale RMS error of the result.
 
     From each of the last BACKTEST_ORIGINS days that leave a full span of history after them
     (the span as long as `horizon`), the structured model is fitted on the days up to that
-    origin and the smoothed partner forecasts from its state on that day; both totals for the
+    origin and each smoothed partner forecasts from its state on that day; all totals for the
     span are compared with what happened. The structured model is scored with each of
     TREND_DAMPINGS and keeps the one with the smaller squared log error: the trend is damped
     hard where this project's past trends turned within the span, lightly where they carried on.
-    The two forecasts are then weighted by the inverse of their mean squared log errors
-    (Bates and Granger): the one that forecast this project's past twice as well weighs twice
-    as much. When the two now differ by more than GUARD_FACTOR times they ever did in the
-    backtest (a spike, a step: a situation the past did not contain), the past says nothing
-    about which is right and the structured model, which handles spikes and steps, keeps the
-    whole weight. The combined forecast's errors give the band. A history too short for the
-    full span is backtested on a shorter one and its error scaled by the square root of the
-    horizon. One pseudo-error of PRIOR_LOG_SD per method regularises both estimates.
+    The forecasts are then weighted by the inverse of their mean squared log errors (Bates and
+    Granger): one that forecast this project's past twice as well weighs twice as much. A
+    partner that now differs from the structured forecast, or from a partner before it, by more
+    than GUARD_FACTOR times it ever did in the backtest (a spike, a step, a growth younger than
+    the span: a situation the past did not contain) gets no weight, since the past says nothing
+    about which is right; the structured model handles spikes and steps, and the damped trend
+    follows a growth the level-only partner would lag. The weights are returned structured first,
+    then one per partner. The combined forecast's errors give the band. A history too short for
+    the full span is backtested on a shorter one and its error scaled by the square root of the
+    horizon. One pseudo-error of PRIOR_LOG_SD per method regularises every estimate.
     """
     anchor = model.anchor
     first = min(history)
     span = max(round(horizon), 1)
     span = min(span, (anchor - first).days + 1 - MIN_SEGMENT_DAYS)
-    cases: list[tuple[float, tuple[float, ...], float]] = []  # (actual, structured, smoothed)
+    # (actual, the structured forecast per damping, each partner's forecast)
+    cases: list[tuple[float, tuple[float, ...], tuple[float, ...]]] = []
     for back in range(BACKTEST_ORIGINS if span >= 1 else 0):
         origin = anchor - (span + back) * _DAY
         train = {d: v for d, v in history.items() if d <= origin}
@@ -369,30 +387,34 @@ def _backtest(
             sum(map(dataclasses.replace(past, damping=phi).expected, seen))
             for phi in TREND_DAMPINGS
         )
-        partner = sum(map(smoothed[(origin - first).days].expected, seen)) if smoothed else 0.0
-        cases.append((sum(history[d] for d in seen), structured, partner))
+        others = tuple(sum(map(p[(origin - first).days].expected, seen)) for p in partners)
+        cases.append((sum(history[d] for d in seen), structured, others))
     best = min(
         range(len(TREND_DAMPINGS)),
         key=lambda j: sum(_log_error(a, m[j]) ** 2 for a, m, _ in cases),
     )
     model = dataclasses.replace(model, damping=TREND_DAMPINGS[best])
-    scored = [(a, m[best], s) for a, m, s in cases]
+    scored = [(a, (m[best], *others)) for a, m, others in cases]
     prior = PRIOR_WEIGHT * PRIOR_LOG_SD**2
-    weight = 1.0
-    if smoothed:
-        structured_sq = prior + sum(_log_error(a, m) ** 2 for a, m, _ in scored)
-        smoothed_sq = prior + sum(_log_error(a, s) ** 2 for a, _, s in scored)
-        weight = smoothed_sq / (smoothed_sq + structured_sq)
-        ahead = [anchor + k * _DAY for k in range(1, max(span, 1) + 1)]
-        gap = _log_error(sum(map(smoothed[-1].expected, ahead)), sum(map(model.expected, ahead)))
-        widest = max((abs(_log_error(s, m)) for _, m, s in scored), default=0.0)
-        if abs(gap) > GUARD_FACTOR * widest:
-            weight = 1.0
-    squares = prior + sum(_log_error(a, weight * m + (1.0 - weight) * s) ** 2 for a, m, s in scored)
+    ahead = [anchor + k * _DAY for k in range(1, max(span, 1) + 1)]
+    now = [sum(map(model.expected, ahead)), *(sum(map(p[-1].expected, ahead)) for p in partners)]
+    inverse: list[float] = []
+    for k in range(len(now)):
+        unlike_the_past = any(
+            abs(_log_error(now[k], now[j]))
+            > GUARD_FACTOR * max((abs(_log_error(f[k], f[j])) for _, f in scored), default=0.0)
+            for j in range(k)
+        )
+        squares = prior + sum(_log_error(a, f[k]) ** 2 for a, f in scored)
+        inverse.append(0.0 if unlike_the_past else 1.0 / squares)
+    weights = tuple(v / sum(inverse) for v in inverse)
+    squares = prior + sum(
+        _log_error(a, sum(w * x for w, x in zip(weights, f, strict=True))) ** 2 for a, f in scored
+    )
     log_sd = math.sqrt(squares / (len(scored) + PRIOR_WEIGHT))
     if scored and span < horizon:
         log_sd *= math.sqrt(horizon / span)
-    return model, weight, log_sd
+    return model, weights, log_sd
 
 
 def _log_error(actual: float, expected: float) -> float:

@@ -179,17 +179,22 @@ def test_the_80_percent_band_holds_roughly_80_percent_of_outcomes_in_every_patte
     assert min(inside.values()) / per_pattern >= 0.6
 
 
-# Earning its complexity: the structured model against the smoothed partner, on the project's past
+# Earning its complexity: the structured model against the smoothed partners, on the project's past
+
+DAMPED_TREND = forecast_module.DAMPED_TREND_GRID
+LEVEL_ONLY = forecast_module.LEVEL_GRID
 
 
-def partner_weight(daily: dict[date, int], now: datetime = NOON_DAY_11) -> float:
-    """Weight of the smoothed partner in the projection at `now`, as forecast_cycle computes it."""
+def weights(daily: dict[date, int], now: datetime = NOON_DAY_11) -> tuple[float, ...]:
+    """Weights of the structured, damped-trend and level-only forecasts, as forecast_cycle's."""
     history = forecast_module._usable_history(daily, now.date(), True)
     raw, shrunk = forecast_module._weekday_factors(history)
     model = forecast_module._fit(history, raw, shrunk, max(history))
-    smoothed = forecast_module._smooth(history, raw, shrunk)
+    partners = [
+        forecast_module._smooth(history, raw, shrunk, grid) for grid in (DAMPED_TREND, LEVEL_ONLY)
+    ]
     horizon = (CYCLE_END - now) / DAY
-    return 1.0 - forecast_module._backtest(history, raw, shrunk, model, horizon, smoothed)[1]
+    return forecast_module._backtest(history, raw, shrunk, model, horizon, partners)[1]
 
 
 def three_week_wave(today: date) -> dict[date, int]:
@@ -201,30 +206,83 @@ def three_week_wave(today: date) -> dict[date, int]:
     return daily | {today: 5000}
 
 
-def test_a_project_whose_past_the_structured_model_forecast_badly_leans_on_the_smoothed_one(
+def test_a_project_whose_past_the_structured_model_forecast_badly_leans_on_the_smoothed_ones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The structured model extrapolates each rise of the wave; the level-only forecast, which
+    # extrapolates nothing, forecast this past best and weighs most.
     daily = three_week_wave(NOON_DAY_11.date())
     consumed = sum(v for d, v in daily.items() if d >= CYCLE_START.date())
-    assert partner_weight(daily) >= 0.6
+    structured, damped, level = weights(daily)
+    assert structured <= 0.2 and level > damped > structured
     combined = forecast(daily, consumed).projected
     monkeypatch.setattr(forecast_module, "MIN_SMOOTHING_DAYS", 91)
-    assert forecast(daily, consumed).projected != combined  # the partner did move it
+    assert forecast(daily, consumed).projected != combined  # the partners did move it
 
 
-def test_two_forecasts_as_good_as_each_other_share_the_weight_equally() -> None:
-    # Flat usage: both forecast the past exactly, so each has only the prior pseudo-error.
+def test_forecasts_as_good_as_each_other_share_the_weight_equally() -> None:
+    # Flat usage: all three forecast the past exactly, so each has only the prior pseudo-error.
     daily = flat_history(NOON_DAY_11, 10_000) | {NOON_DAY_11.date(): 5000}
-    assert partner_weight(daily) == 0.5
+    assert weights(daily) == pytest.approx((1 / 3, 1 / 3, 1 / 3), abs=1e-12)
     assert abs(forecast(daily, 105_000).projected - 300_000) < 1.0
 
 
-def test_a_step_unlike_anything_in_the_past_keeps_the_smoothed_forecast_out() -> None:
-    # Three days at three times the wave: the smoothed level has moved only part of the way.
+def test_each_forecast_weighs_the_inverse_of_its_squared_past_errors_plus_the_prior() -> None:
+    # Flat usage: the structured forecast and a partner at the true level forecast every past
+    # span of 10 days exactly; a partner at twice the level misses each of the 21 by log 2.
+    today = NOON_DAY_11.date()
+    history = {today - k * DAY: 1000.0 for k in range(1, 91)}
+    ones = (1.0,) * 7
+    model = forecast_module._fit(history, ones, ones, max(history))
+
+    def states(level: float) -> list[forecast_module._Model]:
+        return [forecast_module._Model(d, math.log1p(level), 0.0, 0.0, ones) for d in history]
+
+    partners = [states(1000.0)[::-1], states(2000.0)[::-1]]  # oldest day first
+    shares = forecast_module._backtest(history, ones, ones, model, 10.0, partners)[1]
+    miss = math.log((10 * 1000 + 1) / (10 * 2000 + 1))
+    prior = forecast_module.PRIOR_LOG_SD**2
+    inverse = (1.0 / prior, 1.0 / prior, 1.0 / (prior + 21 * miss**2))
+    assert shares == pytest.approx(tuple(v / sum(inverse) for v in inverse), rel=1e-9)
+
+
+def test_a_step_unlike_anything_in_the_past_keeps_the_smoothed_forecasts_out() -> None:
+    # Three days at three times the wave: the smoothed levels have moved only part of the way.
     today = NOON_DAY_11.date()
     daily = three_week_wave(today)
     daily |= {today - k * DAY: 3 * daily[today - k * DAY] for k in (1, 2, 3)}
-    assert partner_weight(daily) == 0.0
+    assert weights(daily) == (1.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize(("days", "rate"), [(21, 0.05), (28, 0.03), (28, 0.08)])
+def test_a_growth_younger_than_the_backtest_keeps_only_the_level_only_forecast_out(
+    days: int, rate: float
+) -> None:
+    # Flat, 3% noise, then growing for the last `days` days: a level-only forecast now lies far
+    # below the structured one, further than ever in the backtest; the damped trend does not.
+    rng = random.Random(1)
+    today = NOON_DAY_11.date()
+    daily = {
+        today - k * DAY: round(10_000 * math.exp(rng.gauss(0.0, 0.03) + rate * max(days - k, 0)))
+        for k in range(1, 91)
+    }
+    structured, damped, level = weights(daily | {today: 5000})
+    assert level == 0.0 and 0.3 < damped < 0.7
+    assert structured + damped == pytest.approx(1.0)
+
+
+def test_a_level_only_forecast_unlike_the_damped_trend_is_out_though_near_the_structured() -> None:
+    # Four weeks of 3% a day under 10% noise: the structured model, fitted on the noisy last
+    # weeks, sits near enough to the level-only forecast, but the damped trend follows the growth
+    # and the level-only forecast departs from it further than ever in the backtest.
+    rng = random.Random(1)
+    today = NOON_DAY_11.date()
+    daily = {
+        today - k * DAY: round(10_000 * math.exp(rng.gauss(0.0, 0.1) + 0.03 * max(28 - k, 0)))
+        for k in range(1, 91)
+    }
+    structured, damped, level = weights(daily | {today: 5000})
+    assert level == 0.0 and structured > 0.3 and damped > 0.3
 
 
 def test_a_spike_moves_the_smoothed_level_as_a_large_day_not_as_a_new_level() -> None:
@@ -234,9 +292,9 @@ def test_a_spike_moves_the_smoothed_level_as_a_large_day_not_as_a_new_level() ->
     spiked = wave | {today - DAY: 100_000}
     ones = (1.0,) * 7
     history = forecast_module._usable_history(wave, today, True)
-    before = forecast_module._smooth(history, ones, ones)[-1]
+    before = forecast_module._smooth(history, ones, ones, DAMPED_TREND)[-1]
     after = forecast_module._smooth(
-        forecast_module._usable_history(spiked, today, True), ones, ones
+        forecast_module._usable_history(spiked, today, True), ones, ones, DAMPED_TREND
     )
     assert after[-1].level - before.level < 0.15  # log scale: under 16% higher, not 10x
     consumed = sum(v for d, v in wave.items() if d >= CYCLE_START.date())
@@ -246,23 +304,26 @@ def test_a_spike_moves_the_smoothed_level_as_a_large_day_not_as_a_new_level() ->
     assert forecast(spiked, consumed + 90_000).projected < quiet + 90_000 + 0.1 * quiet
 
 
-def test_the_projection_is_the_weighted_mean_of_the_two_forecasts(
+def test_the_projection_is_the_weighted_mean_of_the_three_forecasts(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     today = NOON_DAY_11.date()
     daily = three_week_wave(today)
     consumed = sum(v for d, v in daily.items() if d >= CYCLE_START.date())
     combined = forecast(daily, consumed).projected - consumed
-    weight = partner_weight(daily)
     history = forecast_module._usable_history(daily, today, True)
     raw, shrunk = forecast_module._weekday_factors(history)
-    latest = forecast_module._smooth(history, raw, shrunk)[-1]  # the state after yesterday
-    path = forecast_module._remaining_path(latest, NOON_DAY_11, CYCLE_END, daily[today], 0.5)
-    smoothed = sum(amount for _, _, amount in path)
+    rests = []
+    for grid in (DAMPED_TREND, LEVEL_ONLY):
+        latest = forecast_module._smooth(history, raw, shrunk, grid)[-1]  # after yesterday
+        path = forecast_module._remaining_path(latest, NOON_DAY_11, CYCLE_END, daily[today], 0.5)
+        rests.append(sum(amount for _, _, amount in path))
+    shares = weights(daily)
     monkeypatch.setattr(forecast_module, "MIN_SMOOTHING_DAYS", 91)
-    structured = forecast(daily, consumed).projected - consumed
-    assert 0.0 < weight < 1.0 and abs(smoothed - structured) > 1000.0
-    assert abs(combined - (weight * smoothed + (1.0 - weight) * structured)) < 1e-6
+    rests.insert(0, forecast(daily, consumed).projected - consumed)  # the structured one alone
+    assert all(0.0 < w < 1.0 for w in shares)
+    assert min(abs(a - b) for a, b in itertools.combinations(rests, 2)) > 1000.0
+    assert abs(combined - sum(w * r for w, r in zip(shares, rests, strict=True))) < 1e-6
 
 
 @pytest.mark.parametrize("share", [0.9, 1.5])
@@ -277,7 +338,7 @@ def test_a_one_step_error_counts_whole_up_to_five_robust_sds_of_the_changes(shar
     def smoothed(last: float) -> tuple[float, float, float, float]:
         """Forecast for yesterday, its error, the level's move and the clip."""
         days = history | {today - DAY: last}
-        states = forecast_module._smooth(days, ones, ones)
+        states = forecast_module._smooth(days, ones, ones, DAMPED_TREND)
         before = states[-2]
         expected = before.level + before.damping * before.slope
         logs = [math.log1p(days[d]) for d in sorted(days)]
@@ -297,7 +358,7 @@ def test_the_smoothed_partner_needs_fourteen_known_days() -> None:
     ones = (1.0,) * 7
     for days, expected in ((13, 0), (14, 14)):
         history = {today - k * DAY: 1000.0 + 50 * (k % 3) for k in range(1, days + 1)}
-        assert len(forecast_module._smooth(history, ones, ones)) == expected
+        assert len(forecast_module._smooth(history, ones, ones, DAMPED_TREND)) == expected
 
 
 def test_the_smoothed_partner_learns_fast_from_a_wandering_past_slowly_from_noise() -> None:
@@ -314,7 +375,7 @@ def test_the_smoothed_partner_learns_fast_from_a_wandering_past_slowly_from_nois
     moved = []
     for history in (walk, noise):
         history[today - DAY] = history[today - 2 * DAY] * 1.2
-        states = forecast_module._smooth(history, ones, ones)
+        states = forecast_module._smooth(history, ones, ones, DAMPED_TREND)
         moved.append(states[-1].level - states[-2].level - states[-2].slope * states[-2].damping)
     assert moved[0] > 2 * moved[1] > 0.0
 
@@ -326,8 +387,8 @@ def test_the_backtest_reads_the_partner_from_its_state_at_each_origin() -> None:
     ones = (1.0,) * 7
     flat = {today - k * DAY: 1000.0 for k in range(1, 91)}
     risen = flat | {today - k * DAY: 2000.0 for k in range(1, 6)}
-    early = forecast_module._smooth(flat, ones, ones)
-    late = forecast_module._smooth(risen, ones, ones)
+    early = forecast_module._smooth(flat, ones, ones, DAMPED_TREND)
+    late = forecast_module._smooth(risen, ones, ones, DAMPED_TREND)
     assert [s.level for s in early[:85]] == [s.level for s in late[:85]]
     assert late[-1].level > early[-1].level
 
