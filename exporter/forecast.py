@@ -397,17 +397,19 @@ def _backtest(
     scored = [(a, (m[best], *others)) for a, m, others in cases]
     prior = PRIOR_WEIGHT * PRIOR_LOG_SD**2
     ahead = [anchor + k * _DAY for k in range(1, max(span, 1) + 1)]
-    now = [sum(map(model.expected, ahead)), *(sum(map(p[-1].expected, ahead)) for p in partners)]
+    # Each forecast's total for the span ahead of today: structured first, then the partners.
+    totals = [sum(map(model.expected, ahead)), *(sum(map(p[-1].expected, ahead)) for p in partners)]
     inverse: list[float] = []
-    for k in range(len(now)):
+    for k in range(len(totals)):
         unlike_the_past = any(
-            abs(_log_error(now[k], now[j]))
+            abs(_log_error(totals[k], totals[j]))
             > GUARD_FACTOR * max((abs(_log_error(f[k], f[j])) for _, f in scored), default=0.0)
             for j in range(k)
         )
         squares = prior + sum(_log_error(a, f[k]) ** 2 for a, f in scored)
         inverse.append(0.0 if unlike_the_past else 1.0 / squares)
-    weights = tuple(v / sum(inverse) for v in inverse)
+    total = sum(inverse)
+    weights = tuple(v / total for v in inverse)
     squares = prior + sum(
         _log_error(a, sum(w * x for w, x in zip(weights, f, strict=True))) ** 2 for a, f in scored
     )
