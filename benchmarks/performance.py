@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 from prometheus_client import CollectorRegistry
 
 from benchmarks.loadgen import PLAIN, PROMETHEUS, LoadResult, Variant, load_tool, run_in_child
+from exporter.alert_eval import free_port
 from exporter.client import usage_params
 from exporter.collector import UsageCollector
 from exporter.config import parse_config
@@ -125,13 +125,6 @@ def simulated(count: int) -> Iterator[CountingSimulator]:
 
 
 # -- the exporter as a child process ------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def http_get(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 import signal
@@ -27,6 +28,10 @@ MAX_POINTS_PER_QUERY = 10_000
 READY_TIMEOUT = 120.0
 MAX_BLOCK_HOURS = 24 * 366 * 4
 QUERY_TIMEOUT = 120.0
+# free_port: child servers get a port below the kernel's ephemeral range, never twice.
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10_000
+_handed_out: set[int] = set()
 
 
 class RulesError(ExporterError):
@@ -176,7 +181,7 @@ class PrometheusServer:
         config = workdir / "prometheus.yml"
         config.write_text("global: {}\n", encoding="utf-8")
         self.log = workdir / "prometheus.log"
-        port = _free_port()
+        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         # Ctrl-C waits until the child is ours to stop: an interrupt inside Popen would orphan it.
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -237,11 +242,33 @@ class PrometheusServer:
                 self.process.wait()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now and no outgoing connection will take.
+
+    For a server started as a child process (the backtest's Prometheus; the test suite's and the
+    benchmarks' servers). A port from bind(0) lies in the kernel's ephemeral range, from which
+    every outgoing connection also takes its local port, so one could hold it before the child
+    binds it (seen once in the suite: Alertmanager's "bind: address already in use"). A port
+    below that range is only ever taken by an explicit bind; one handed out once in this process
+    is not handed out again.
+    """
+    try:
+        low = int(EPHEMERAL_RANGE.read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32_768  # Linux's default range starts here
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(LOWEST_PORT, max(low, LOWEST_PORT + 1000))
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise PrometheusError(f"no free loopback port between {LOWEST_PORT} and {low}")
 
 
 def build_tsdb(series: list[backfill.Series], data: Path, workdir: Path) -> None:

@@ -1,13 +1,11 @@
-"""Shared fixtures: external tools that must exist under CI, loopback helpers, and the suite-wide
-check that no fragment of a test bearer token appears in any log the suite produced."""
+"""Shared fixtures: external tools that must exist under CI, child-process log files, and the
+suite-wide check that no fragment of a test bearer token appears in any log the suite produced."""
 
 from __future__ import annotations
 
 import logging
 import os
-import random
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,39 +28,6 @@ def require_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
-
-
-EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
-LOWEST_PORT = 10_000
-_handed_out: set[int] = set()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now and no outgoing connection will take.
-
-    A port from bind(0) lies in the kernel's ephemeral range, from which every outgoing
-    connection (the exporter polling the simulator, Prometheus scraping) also takes its local
-    port, so one of them could hold it before the server it was meant for binds it (seen once:
-    Alertmanager's "bind: address already in use"). A port below that range is only ever taken
-    by an explicit bind; one handed out once in this session is not handed out again.
-    """
-    try:
-        low = int(EPHEMERAL_RANGE.read_text(encoding="ascii").split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32_768  # Linux's default range starts here
-    rng = random.Random()
-    for _ in range(1000):
-        port = rng.randrange(LOWEST_PORT, max(low, LOWEST_PORT + 1000))
-        if port in _handed_out:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    raise RuntimeError(f"no free port between {LOWEST_PORT} and {low}")
 
 
 # -- the token scan ------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import free_port, require_tool, suite_log_file
+from exporter.alert_eval import free_port
+from tests.conftest import require_tool, suite_log_file
 
 
 class Server:

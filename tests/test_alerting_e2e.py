@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter.alert_eval import free_port
 from exporter.config import format_duration, parse_duration
 from exporter.simulator import Simulator
-from tests.conftest import free_port
 from tests.harness import sim_project
 from tests.servers import Alertmanager, Exporter, Prometheus, Server
 

@@ -17,11 +17,11 @@ import pytest
 import yaml
 
 from exporter import backtest, backtest_sources
-from exporter.alert_eval import AlertRule, firings, load_rules
+from exporter.alert_eval import AlertRule, firings, free_port, load_rules
 from exporter.cli import main
 from exporter.client import XApiClient, fetch_usage
 from exporter.simulator import Simulator
-from tests.conftest import free_port, require_tool
+from tests.conftest import require_tool
 from tests.harness import FakeClock, running, sim_project
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,11 +17,12 @@ import httpx
 import pytest
 
 from exporter import logs
+from exporter.alert_eval import free_port
 from exporter.client import read_token
 from exporter.config import TokenSource
 from exporter.errors import TokenError
 from exporter.simulator import Fault, Simulator
-from tests.conftest import free_port, record_log, register_test_token
+from tests.conftest import record_log, register_test_token
 from tests.harness import sim_project
 from tests.servers import Exporter
 

@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import IN_CI, free_port, require_tool
+from exporter.alert_eval import free_port
+from tests.conftest import IN_CI, require_tool
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"

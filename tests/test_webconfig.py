@@ -22,10 +22,11 @@ import httpx
 import pytest
 
 from exporter import logs, webconfig
+from exporter.alert_eval import free_port
 from exporter.errors import ConfigError
 from exporter.simulator import Simulator
 from exporter.web import WebServer
-from tests.conftest import free_port, record_log, require_tool
+from tests.conftest import record_log, require_tool
 from tests.harness import sim_project
 from tests.servers import Exporter
 
