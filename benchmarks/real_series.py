@@ -1,14 +1,15 @@
-"""Rolling-origin forecast cases cut from a real daily series: tuning years, held-out years."""
+"""Rolling-origin forecast cases cut from real daily series: tuning, held-out, independent."""
 
 from __future__ import annotations
 
 import csv
+import gzip
 import itertools
 import math
 import os
 import random
 import statistics
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -21,6 +22,8 @@ __all__ = [
     "DATA_ENV",
     "RealCase",
     "data_file",
+    "independent_cases",
+    "independent_series",
     "load_series",
     "percentile",
     "real_cases",
@@ -32,6 +35,10 @@ CYCLE_DAYS = (6, 11, 18, 25)  # day of the billing cycle the forecast is asked o
 CYCLE_STEP_DAYS = 4  # a new billing cycle starts every 4 days across the series
 HELD_OUT_DAYS = 730  # the last two years: never used for a design decision
 SCALE = 100  # page loads (about 1,000-8,000 a day) as Posts read (100,000-800,000 a day)
+# The independent series (benchmarks/data/README.md): never used for a design decision.
+INDEPENDENT_FILE = Path(__file__).resolve().parent / "data" / "chicago-l-entries.csv.gz"
+INDEPENDENT_STEP_DAYS = 47  # a prime, so cycles start on every weekday; ~120 cycles per station
+INDEPENDENT_SCALE = 10_000  # thousands of entries (0.1-25 a day) as Posts read (x 10 entries)
 _DAY = timedelta(days=1)
 
 
@@ -39,7 +46,7 @@ _DAY = timedelta(days=1)
 class RealCase:
     """One forecasting situation cut from the real series, and which part of it it belongs to."""
 
-    part: str  # "tuning" or "held-out"
+    part: str  # "tuning" or "held-out"; for an independent series, the station
     case: Case
 
 
@@ -69,22 +76,73 @@ def real_cases(first_day: date, totals: Sequence[float]) -> Iterator[RealCase]:
     them a held-out case (its history may reach back into the tuning years: that is input, not
     a truth scored); a cycle that straddles the boundary is left out.
     """
+    boundary = len(totals) - HELD_OUT_DAYS
+
+    def part(start: int, length: int) -> str | None:
+        if start < boundary < start + length:
+            return None
+        return "held-out" if start >= boundary else "tuning"
+
+    return _cut(first_day, totals, CYCLE_STEP_DAYS, "real-series", part)
+
+
+def independent_series() -> list[tuple[str, date, tuple[float, ...]]]:
+    """Each station of the independent file: its name, first day and daily entries x SCALE."""
+    with gzip.open(INDEPENDENT_FILE, "rt", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    dates = [date.fromisoformat(row["date"]) for row in rows]
+    if any(b - a != _DAY for a, b in itertools.pairwise(dates)):
+        raise ValueError(f"{INDEPENDENT_FILE}: dates are not consecutive days")
+    series = []
+    for name in list(rows[0])[1:]:
+        known = [k for k, row in enumerate(rows) if row[name] != ""]
+        first, last = known[0], known[-1]
+        if len(known) != last - first + 1:
+            raise ValueError(f"{INDEPENDENT_FILE}: column {name} has a gap")
+        values = tuple(float(row[name]) * INDEPENDENT_SCALE for row in rows[first : last + 1])
+        series.append((name, dates[first], values))
+    return series
+
+
+def independent_cases(name: str, first_day: date, totals: Sequence[float]) -> Iterator[RealCase]:
+    """Billing cycles starting every INDEPENDENT_STEP_DAYS of one station, part = its name.
+
+    A cycle whose true total is zero (the station closed throughout) has no percentage error
+    and is left out.
+    """
+
+    def part(start: int, length: int) -> str | None:
+        return name if any(totals[start : start + length]) else None
+
+    return _cut(first_day, totals, INDEPENDENT_STEP_DAYS, f"independent:{name}", part)
+
+
+def _cut(
+    first_day: date,
+    totals: Sequence[float],
+    step: int,
+    seed: str,
+    part_of: Callable[[int, int], str | None],
+) -> Iterator[RealCase]:
+    """Cycles of 28-31 days starting every `step` days after the first HISTORY_DAYS.
+
+    `part_of(start, length)` names the part a cycle belongs to, or None to leave it out.
+    """
     totals = tuple(totals)
-    rng = random.Random("real-series")
+    rng = random.Random(seed)
     shapes = tuple(intraday_shape(rng) for _ in totals)
     prefix = [0.0]
     for value in totals[:-1]:
         prefix.append(prefix[-1] + value)
     prefixes = tuple(prefix)
-    boundary = len(totals) - HELD_OUT_DAYS
     origin = datetime.combine(first_day, time(), UTC)
-    for start in range(HISTORY_DAYS, len(totals), CYCLE_STEP_DAYS):
+    for start in range(HISTORY_DAYS, len(totals), step):
         length = rng.randint(28, 31)
         if start + length > len(totals):
             break
-        if start < boundary < start + length:
+        part = part_of(start, length)
+        if part is None:
             continue
-        part = "held-out" if start >= boundary else "tuning"
         cycle_start = origin + start * _DAY
         for cycle_day in CYCLE_DAYS:
             now = cycle_start + (cycle_day - 1 + rng.uniform(0.02, 0.98)) * _DAY

@@ -1,0 +1,45 @@
+"""The independent real series of the forecast benchmark: what it holds and how cycles are cut."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+from benchmarks.real_series import (
+    CYCLE_DAYS,
+    INDEPENDENT_SCALE,
+    INDEPENDENT_STEP_DAYS,
+    independent_cases,
+    independent_series,
+)
+from benchmarks.traces import HISTORY_DAYS
+
+DAY = timedelta(days=1)
+
+
+def test_the_independent_file_holds_20_stations_of_5698_consecutive_days() -> None:
+    series = {name: (first, totals) for name, first, totals in independent_series()}
+    assert len(series) == 20
+    assert all(len(totals) == 5698 for _, totals in series.values())
+    # Clark/Lake is on its own dates; the others were un-lagged by 14 days (data/README.md).
+    assert series["Clark_Lake"][0] == date(2001, 1, 22)
+    assert {first for name, (first, _) in series.items() if name != "Clark_Lake"} == {
+        date(2001, 1, 8)
+    }
+    # 15,732 entries at Clark/Lake on its first day, in thousands in the file.
+    assert series["Clark_Lake"][1][0] == 15.732 * INDEPENDENT_SCALE
+    assert all(value >= 0.0 for _, totals in series.values() for value in totals)
+
+
+def test_independent_cycles_are_named_by_station_and_skip_cycles_with_no_usage() -> None:
+    first = date(2020, 1, 1)
+    totals = [100.0] * (HISTORY_DAYS + 3 * INDEPENDENT_STEP_DAYS)
+    closed = HISTORY_DAYS + INDEPENDENT_STEP_DAYS  # the second cycle's days all zero
+    totals[closed : closed + INDEPENDENT_STEP_DAYS] = [0.0] * INDEPENDENT_STEP_DAYS
+    cases = list(independent_cases("Somewhere", first, totals))
+    starts = {real.case.cycle_start.date() for real in cases}
+    assert {real.part for real in cases} == {"Somewhere"}
+    assert first + closed * DAY not in starts
+    assert first + HISTORY_DAYS * DAY in starts
+    assert first + (closed + INDEPENDENT_STEP_DAYS) * DAY in starts
+    assert sorted({real.case.cycle_day for real in cases}) == list(CYCLE_DAYS)
+    assert all(real.case.true_total > 0.0 for real in cases)
