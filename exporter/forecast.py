@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import statistics
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -44,6 +46,9 @@ GUARD_FACTOR = 2.0  # a partner now twice as far off one before it as ever in th
 MAX_LOG_SD = 1.0  # bounds the lognormal mean correction on wild series
 MAX_BAND_LOG_SD = 3.0  # bounds the band (x 46 at most) so absurd histories stay finite
 MAX_LOG_POSTS = 50.0  # bounds a day's forecast (e^50 Posts) so runaway trends stay finite
+# Fits kept for reuse (docs/forecasting.md, "Cost"): one per project and horizon in whole days,
+# about 2 kB each with its key. More projects than this still work, without the reuse.
+FIT_CACHE_SIZE = 4096
 Z_80 = 1.2815515655446004  # standard normal 90th percentile: a central 80% band
 _MAD_TO_SD = 1.4826  # median absolute deviation to standard deviation for normal noise
 
@@ -114,12 +119,12 @@ def forecast_cycle(
     pace_known = partial is not None and elapsed_today >= MIN_PACE_SHARE
     history = _usable_history(daily, today, pace_known)
     weights: tuple[float, ...] = (1.0,)
-    partners: list[list[_Model]] = []
+    partners: tuple[_Model, ...] = ()
     if history:
-        raw, shrunk = _weekday_factors(history)
-        model = _fit(history, raw, shrunk, max(history))
-        partners = [s for grid in PARTNER_GRIDS if (s := _smooth(history, raw, shrunk, grid))]
-        model, weights, log_sd = _backtest(history, raw, shrunk, model, horizon, partners)
+        model, partners, weights, log_sd, span = _fitted(_packed(history), max(round(horizon), 1))
+        if span < horizon:
+            # Backtested over fewer days than are left: a random-walk error grows with sqrt(days).
+            log_sd *= math.sqrt(horizon / span)
     else:
         # No complete day to learn from: today's pace, or else the cycle's own run rate.
         if partial is not None and elapsed_today > 0.0:
@@ -132,8 +137,7 @@ def forecast_cycle(
     segments = _remaining_path(model, now, cycle_end, partial, elapsed_today)
     if weights[0] < 1.0:
         paths = [segments] + [
-            _remaining_path(states[-1], now, cycle_end, partial, elapsed_today)
-            for states in partners
+            _remaining_path(partner, now, cycle_end, partial, elapsed_today) for partner in partners
         ]
         combined = [
             sum(w * amount for w, (_, _, amount) in zip(weights, pieces, strict=True))
@@ -150,6 +154,33 @@ def forecast_cycle(
         upper=consumed + remaining * spread,
         exhaustion=_exhaustion(segments, consumed, cap, now, cycle_end),
     )
+
+
+def _packed(history: Mapping[date, float]) -> tuple[date, bytes]:
+    """`history` as a compact, hashable key: its first day and every day's value (NaN if absent)."""
+    first = min(history)
+    days = (first + k * _DAY for k in range((max(history) - first).days + 1))
+    return first, array("d", (history.get(d, math.nan) for d in days)).tobytes()
+
+
+@functools.lru_cache(maxsize=FIT_CACHE_SIZE)
+def _fitted(
+    packed: tuple[date, bytes], span: int
+) -> tuple[_Model, tuple[_Model, ...], tuple[float, ...], float, float]:
+    """Everything the complete days and the horizon in whole days decide: computed once.
+
+    The structured model, each smoothed partner's latest state, the weights, the log-scale RMS
+    error of the combination, and the span it was backtested over (infinite when there was no
+    backtest): the polls of one day see the same complete days, so they reuse this.
+    """
+    first, values = packed
+    known = array("d", values)
+    history = {first + k * _DAY: v for k, v in enumerate(known) if not math.isnan(v)}
+    raw, shrunk = _weekday_factors(history)
+    model = _fit(history, raw, shrunk, max(history))
+    partners = [s for grid in PARTNER_GRIDS if (s := _smooth(history, raw, shrunk, grid))]
+    model, weights, log_sd, backtested = _backtest(history, raw, shrunk, model, span, partners)
+    return model, tuple(states[-1] for states in partners), weights, log_sd, backtested
 
 
 def _usable_history(daily: Mapping[date, int], today: date, pace_known: bool) -> dict[date, float]:
@@ -346,13 +377,14 @@ def _backtest(
     raw: Sequence[float],
     shrunk: Sequence[float],
     model: _Model,
-    horizon: float,
+    span: int,
     partners: Sequence[Sequence[_Model]],
-) -> tuple[_Model, tuple[float, ...], float]:
-    """The structured model with its damping, the weights and the log-scale RMS error of the result.
+) -> tuple[_Model, tuple[float, ...], float, float]:
+    """The structured model with its damping, the weights, the log-scale RMS error of the result
+    and the span it was measured over (infinite when nothing could be backtested).
 
     From each of the last BACKTEST_ORIGINS days that leave a full span of history after them
-    (the span as long as `horizon`), the structured model is fitted on the days up to that
+    (`span` days, the horizon), the structured model is fitted on the days up to that
     origin and each smoothed partner forecasts from its state on that day; all totals for the
     span are compared with what happened. The structured model is scored with each of
     TREND_DAMPINGS and keeps the one with the smaller squared log error: the trend is damped
@@ -365,12 +397,11 @@ def _backtest(
     about which is right; the structured model handles spikes and steps, and the damped trend
     follows a growth the level-only partner would lag. The weights are returned structured first,
     then one per partner. The combined forecast's errors give the band. A history too short for
-    the full span is backtested on a shorter one and its error scaled by the square root of the
-    horizon. One pseudo-error of PRIOR_LOG_SD per method regularises every estimate.
+    the full span is backtested on a shorter one, which the caller scales to the horizon. One
+    pseudo-error of PRIOR_LOG_SD per method regularises every estimate.
     """
     anchor = model.anchor
     first = min(history)
-    span = max(round(horizon), 1)
     span = min(span, (anchor - first).days + 1 - MIN_SEGMENT_DAYS)
     # (actual, the structured forecast per damping, each partner's forecast)
     cases: list[tuple[float, tuple[float, ...], tuple[float, ...]]] = []
@@ -414,9 +445,7 @@ def _backtest(
         _log_error(a, sum(w * x for w, x in zip(weights, f, strict=True))) ** 2 for a, f in scored
     )
     log_sd = math.sqrt(squares / (len(scored) + PRIOR_WEIGHT))
-    if scored and span < horizon:
-        log_sd *= math.sqrt(horizon / span)
-    return model, weights, log_sd
+    return model, weights, log_sd, span if scored else math.inf
 
 
 def _log_error(actual: float, expected: float) -> float:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import random
 import statistics
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
@@ -22,6 +24,14 @@ CYCLE_START = datetime(2026, 3, 1, tzinfo=UTC)
 CYCLE_END = datetime(2026, 3, 31, tzinfo=UTC)  # 30 days
 NOON_DAY_11 = datetime(2026, 3, 11, 12, tzinfo=UTC)
 TEST_SEEDS = range(100, 112)  # the benchmark scores seeds 0..29: these are unseen by it
+
+
+@pytest.fixture(autouse=True)
+def no_kept_fits() -> Iterator[None]:
+    """Each test starts and ends with no fit kept: some of them change the module's constants."""
+    forecast_module._fitted.cache_clear()
+    yield
+    forecast_module._fitted.cache_clear()
 
 
 def flat_history(now: datetime, per_day: int, days: int = 90) -> dict[date, int]:
@@ -186,15 +196,12 @@ LEVEL_ONLY = forecast_module.LEVEL_GRID
 
 
 def weights(daily: dict[date, int], now: datetime = NOON_DAY_11) -> tuple[float, ...]:
-    """Weights of the structured, damped-trend and level-only forecasts, as forecast_cycle's."""
+    """Weights of the structured, damped-trend and level-only forecasts that forecast_cycle uses."""
     history = forecast_module._usable_history(daily, now.date(), True)
-    raw, shrunk = forecast_module._weekday_factors(history)
-    model = forecast_module._fit(history, raw, shrunk, max(history))
-    partners = [
-        forecast_module._smooth(history, raw, shrunk, grid) for grid in (DAMPED_TREND, LEVEL_ONLY)
-    ]
-    horizon = (CYCLE_END - now) / DAY
-    return forecast_module._backtest(history, raw, shrunk, model, horizon, partners)[1]
+    span = round((CYCLE_END - now) / DAY)
+    shares = forecast_module._fitted(forecast_module._packed(history), span)[2]
+    assert len(shares) == 3, "a forecast left out for too short a history"
+    return shares
 
 
 def three_week_wave(today: date) -> dict[date, int]:
@@ -217,6 +224,7 @@ def test_a_project_whose_past_the_structured_model_forecast_badly_leans_on_the_s
     assert structured <= 0.2 and level > damped > structured
     combined = forecast(daily, consumed).projected
     monkeypatch.setattr(forecast_module, "MIN_SMOOTHING_DAYS", 91)
+    forecast_module._fitted.cache_clear()  # fits kept under the old constant
     assert forecast(daily, consumed).projected != combined  # the partners did move it
 
 
@@ -239,7 +247,7 @@ def test_each_forecast_weighs_the_inverse_of_its_squared_past_errors_plus_the_pr
         return [forecast_module._Model(d, math.log1p(level), 0.0, 0.0, ones) for d in history]
 
     partners = [states(1000.0)[::-1], states(2000.0)[::-1]]  # oldest day first
-    shares = forecast_module._backtest(history, ones, ones, model, 10.0, partners)[1]
+    shares = forecast_module._backtest(history, ones, ones, model, 10, partners)[1]
     miss = math.log((10 * 1000 + 1) / (10 * 2000 + 1))
     prior = forecast_module.PRIOR_LOG_SD**2
     inverse = (1.0 / prior, 1.0 / prior, 1.0 / (prior + 21 * miss**2))
@@ -320,6 +328,7 @@ def test_the_projection_is_the_weighted_mean_of_the_three_forecasts(
         rests.append(sum(amount for _, _, amount in path))
     shares = weights(daily)
     monkeypatch.setattr(forecast_module, "MIN_SMOOTHING_DAYS", 91)
+    forecast_module._fitted.cache_clear()  # fits kept under the old constant
     rests.insert(0, forecast(daily, consumed).projected - consumed)  # the structured one alone
     assert all(0.0 < w < 1.0 for w in shares)
     assert min(abs(a - b) for a, b in itertools.combinations(rests, 2)) > 1000.0
@@ -437,6 +446,7 @@ def test_rises_that_turned_in_the_past_are_damped_hard(monkeypatch: pytest.Monke
     daily, consumed, truth = triangle_wave_cycle(now.date(), rise_days=14)
     chosen = forecast(daily, consumed=consumed, now=now).projected
     monkeypatch.setattr(forecast_module, "TREND_DAMPINGS", forecast_module.TREND_DAMPINGS[:1])
+    forecast_module._fitted.cache_clear()  # fits kept under the old constant
     light = forecast(daily, consumed=consumed, now=now).projected
     assert truth < chosen < light  # both overshoot the turn; the hard damping by less
 
@@ -719,6 +729,75 @@ def test_no_daily_data_falls_back_to_the_cycle_run_rate() -> None:
     result = forecast({}, consumed=10_500)  # 10.5 days into a 30-day cycle
     assert abs(result.projected - 30_000) < 1.0
     assert result.lower < result.projected < result.upper
+
+
+# Reuse of the fit: the polls of one day see the same complete days
+
+
+def rhythmic_history(today: date, weekend: int = 400) -> dict[date, int]:
+    """90 complete days of 1000 Posts on weekdays and `weekend` on weekends, rising slowly."""
+    return {
+        today - k * DAY: (1000 if (today - k * DAY).weekday() < 5 else weekend) + 1000 // k
+        for k in range(1, 91)
+    }
+
+
+def fresh(daily: dict[date, int], consumed: int, now: datetime) -> Forecast:
+    """The forecast computed from nothing kept."""
+    forecast_module._fitted.cache_clear()
+    return forecast(daily, consumed, now=now)
+
+
+def test_a_later_poll_the_same_day_reuses_the_fit_and_answers_as_a_fresh_fit_would() -> None:
+    morning = datetime(2026, 3, 11, 9, tzinfo=UTC)
+    later = morning + timedelta(minutes=5)  # same complete days, same 20 days left once rounded
+    daily = rhythmic_history(morning.date()) | {morning.date(): 300}
+    first = fresh(daily, 9_000, morning)
+    reused = forecast(daily | {morning.date(): 310}, 9_010, now=later)
+    info = forecast_module._fitted.cache_info()
+    assert (info.hits, info.misses) == (1, 1)
+    assert reused == fresh(daily | {morning.date(): 310}, 9_010, later)
+    assert reused != first  # today's pace, the time left and `consumed` still count
+
+
+def without(daily: dict[date, int], day: date) -> dict[date, int]:
+    return {d: v for d, v in daily.items() if d != day}
+
+
+@pytest.mark.parametrize(
+    ("change", "revise"),
+    [
+        ("a day revised upstream", lambda d, day: (d, d | {day: d[day] * 3})),
+        ("a day gone missing", lambda d, day: (d, without(d, day))),
+        ("a missing day now counted as zero", lambda d, day: (without(d, day), d | {day: 0})),
+    ],
+)
+def test_a_changed_complete_day_is_fitted_afresh_not_served_from_the_old_fit(
+    change: str,
+    revise: Callable[[dict[date, int], date], tuple[dict[date, int], dict[date, int]]],
+) -> None:
+    now = datetime(2026, 3, 11, 9, tzinfo=UTC)
+    old, new = revise(rhythmic_history(now.date()) | {now.date(): 300}, now.date() - 3 * DAY)
+    before = fresh(old, 9_000, now)
+    after = forecast(new, 9_000, now=now)  # the fit of `old` is kept
+    assert after != before, change
+    assert after == fresh(new, 9_000, now), change
+
+
+def test_more_histories_than_the_fit_cache_holds_still_get_their_own_forecast(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The cache's bound is FIT_CACHE_SIZE fits (about 2 kB each); here a bound of 3 meets 12
+    # projects polled in turn, twice: every answer is still that project's own.
+    small = functools.lru_cache(maxsize=3)(forecast_module._fitted.__wrapped__)
+    monkeypatch.setattr(forecast_module, "_fitted", small)
+    now = datetime(2026, 3, 11, 9, tzinfo=UTC)
+    projects = [rhythmic_history(now.date(), weekend=100 * k) for k in range(1, 13)]
+    answers = [forecast(daily, 9_000, now=now) for daily in projects]
+    again = [forecast(daily, 9_000, now=now) for daily in projects]
+    assert small.cache_info().currsize == 3
+    assert again == answers
+    assert len({a.projected for a in answers}) == len(projects)
 
 
 # Cap exhaustion
