@@ -151,9 +151,10 @@ class ProjectPoller:
         credits = previous.credits
         reason: str | None = None
         message: str | None = None
+        capped = previous.status.capped_at(now)
         blocked = _Blocked(
-            previous.status.capped_at(now),
-            previous.status.capped_until if previous.status.capped_at(now) else None,
+            capped,
+            previous.status.capped_until if capped else None,
             previous.status.credits_depleted,
         )
         try:
