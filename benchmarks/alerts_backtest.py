@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+from benchmarks.real_series import independent_series
 from benchmarks.traces import PATTERNS, make_case
 from exporter import backtest, backtest_render, backtest_sources, billing
 from exporter.alert_eval import load_rules
@@ -27,6 +28,9 @@ DATA = Path(os.environ.get("BENCH_DATA_DIR", REPO.parent / "shared" / "data"))
 REAL_SERIES = "daily-website-visitors.csv"
 REAL_SCALE = 25  # Page.Loads x 25: 40,000 to 180,000 Posts a day
 HOLDOUT_FROM = date(2018, 8, 20)  # the real series' last two years: never tuned on
+# Groups reported alone, never in "overall": the held-out years and the independent series
+# (benchmarks/data), which no threshold or design decision has seen.
+APART = ("real-holdout", "independent")
 HISTORY_DAYS = 56  # days of history before each judged cycle
 PRICE = 0.005
 # Target = the cycle's true total / factor: crossed early (day ~12), mid, late, narrowly missed
@@ -46,7 +50,7 @@ ALERTS = {"cap": CAP_ALERTS, "budget": BUDGET_ALERTS, "spending_limit": LIMIT_AL
 
 @dataclass(frozen=True, slots=True)
 class Trace:
-    group: str  # pattern name, or real / real-holdout
+    group: str  # pattern name, or real / real-holdout / independent
     name: str  # project label: unique per trace
     daily: dict[date, int]  # HISTORY_DAYS before the cycle, then the cycle
     cycle_start: date
@@ -100,8 +104,43 @@ def real_traces(every: int) -> tuple[list[Trace], str | None]:
         for row in csv.DictReader(file):
             month, day, year = (int(part) for part in row["Date"].split("/"))
             daily[date(year, month, day)] = int(row["Page.Loads"].replace(",", "")) * REAL_SCALE
-    first, last = min(daily), max(daily)
+    traces = [
+        Trace(
+            "real-holdout" if start >= HOLDOUT_FROM else "real",
+            f"real-{start:%Y-%m}",
+            window,
+            start,
+            index,
+        )
+        for start, window, index in _monthly_cycles(daily, every, 0)
+    ]
+    return traces, None
+
+
+def independent_traces(every: int) -> list[Trace]:
+    """Every `every`-th monthly cycle of each independent station, each station from its own month.
+
+    Entries x 10 as Posts, as in the forecast benchmark: 2,000 to 250,000 Posts a day.
+    """
     traces = []
+    for offset, (station, first, totals) in enumerate(independent_series()):
+        daily = {first + k * timedelta(days=1): round(v) for k, v in enumerate(totals)}
+        traces += [
+            Trace("independent", f"{station}-{start:%Y-%m}", window, start, index)
+            for start, window, index in _monthly_cycles(daily, every, offset)
+        ]
+    return traces
+
+
+def _monthly_cycles(
+    daily: dict[date, int], every: int, offset: int
+) -> list[tuple[date, dict[date, int], int]]:
+    """(start, window, index) of every `every`-th whole cycle after HISTORY_DAYS of data.
+
+    The `offset`-th cycle is the first taken, so series cut alike start on different months.
+    """
+    first, last = min(daily), max(daily)
+    cycles = []
     start = date(first.year, first.month, 1)
     index = 0
     while True:
@@ -112,14 +151,13 @@ def real_traces(every: int) -> tuple[list[Trace], str | None]:
         if start - timedelta(days=HISTORY_DAYS) < first:
             continue
         index += 1
-        if index % every:
+        if (index - offset) % every:
             continue
-        group = "real-holdout" if start >= HOLDOUT_FROM else "real"
         window = {
             day: n for day, n in daily.items() if start - timedelta(days=HISTORY_DAYS) <= day < end
         }
-        traces.append(Trace(group, f"real-{start:%Y-%m}", window, start, index))
-    return traces, None
+        cycles.append((start, window, index))
+    return cycles
 
 
 def history(trace: Trace) -> History:
@@ -224,6 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=4, help="cycles per synthetic pattern (4)")
     parser.add_argument("--real-every", type=int, default=2, help="every n-th real cycle (2)")
+    parser.add_argument(
+        "--independent-every",
+        type=int,
+        default=40,
+        help="every n-th cycle of each independent station (40; 0: none)",
+    )
     parser.add_argument("--step", default="6h", help="evaluation step (6h)")
     parser.add_argument("--rules", nargs="+", type=Path, default=backtest_sources.shipped_rules())
     parser.add_argument("--json", type=Path, help="also write every judged cycle here")
@@ -239,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if skipped:
         print(skipped, file=sys.stderr)
     traces += real
+    if args.independent_every > 0:
+        traces += independent_traces(args.independent_every)
     histories = [history(t) for t in traces]
     result = backtest.run(
         histories, load_rules(args.rules), step, progress=backtest_render.stderr_progress
@@ -249,8 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     group_of = {t.name: t.group for t in traces}
     for cycle in result.cycles:
         group = group_of[cycle.project]
-        # The real series' last two years are held out: reported alone, never in "overall".
-        for name in (group,) if group == "real-holdout" else (group, "overall"):
+        # Held-out and independent cycles are reported alone, never in "overall".
+        for name in (group,) if group in APART else (group, "overall"):
             tallies = groups.setdefault(name, {event: Tally() for event in ALERTS})
             for event, tally in tallies.items():
                 tally.add(cycle, event)
