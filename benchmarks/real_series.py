@@ -38,7 +38,7 @@ SCALE = 100  # page loads (about 1,000-8,000 a day) as Posts read (100,000-800,0
 # The independent series (benchmarks/data/README.md): never used for a design decision.
 INDEPENDENT_FILE = Path(__file__).resolve().parent / "data" / "chicago-l-entries.csv.gz"
 INDEPENDENT_STEP_DAYS = 47  # a prime, so cycles start on every weekday; ~120 cycles per station
-INDEPENDENT_SCALE = 10_000  # thousands of entries (0.1-25 a day) as Posts read (x 10 entries)
+INDEPENDENT_SCALE = 10_000  # thousands of entries as Posts read: medians 8,900-159,000 a day
 _DAY = timedelta(days=1)
 
 
@@ -87,7 +87,7 @@ def real_cases(first_day: date, totals: Sequence[float]) -> Iterator[RealCase]:
 
 
 def independent_series() -> list[tuple[str, date, tuple[float, ...]]]:
-    """Each station of the independent file: its name, first day and daily entries x SCALE."""
+    """Each station of the independent file: name, first day, daily values x INDEPENDENT_SCALE."""
     with gzip.open(INDEPENDENT_FILE, "rt", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     dates = [date.fromisoformat(row["date"]) for row in rows]
