@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import functools
 import math
@@ -46,6 +47,7 @@ class Outcome:
     """Every method's answer for one case, beside the truth."""
 
     now: datetime
+    cycle_start: datetime
     truth: float
     projected: float
     lower: float
@@ -89,6 +91,7 @@ def score(case: Case, cap: int) -> Outcome:
         across = least_squares_line(case.gauge_samples(PREDICT_LINEAR_RANGE, across_reset=True))
     return Outcome(
         now=case.now,
+        cycle_start=case.cycle_start,
         truth=case.true_total,
         projected=forecast.projected,
         lower=forecast.lower,
@@ -400,6 +403,27 @@ def _real_series_tables(parts: Sequence[str]) -> None:
     for part, by_day in results.items():
         _verdict(part, by_day)
     print("(the targets apply to the held-out part; the tuning part shows what was tuned on)")
+    if "tuning" in results:
+        _by_month_table(results["tuning"])
+
+
+def by_start_month(by_day: dict[int, list[Outcome]]) -> dict[int, list[Outcome]]:
+    """The outcomes of every cycle day, grouped by the calendar month their cycle starts in."""
+    months: dict[int, list[Outcome]] = {}
+    for outcomes in by_day.values():
+        for o in outcomes:
+            months.setdefault(o.cycle_start.month, []).append(o)
+    return dict(sorted(months.items()))
+
+
+def _by_month_table(by_day: dict[int, list[Outcome]]) -> None:
+    """Where the model loses: the tuning part by the month its cycles start in, every cycle day."""
+    print()
+    print("Tuning part by the month the cycle starts in (every cycle day; held-out not split)")
+    print(_REAL_HEADER)
+    print("-" * len(_REAL_HEADER))
+    for month, outcomes in by_start_month(by_day).items():
+        _real_row("tuning", calendar.month_abbr[month], outcomes)
 
 
 def _independent_tables() -> None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+from benchmarks.forecast import Outcome, by_start_month, score
 from benchmarks.real_series import (
     CYCLE_DAYS,
     INDEPENDENT_SCALE,
     INDEPENDENT_STEP_DAYS,
     independent_cases,
     independent_series,
+    real_cases,
 )
 from benchmarks.traces import HISTORY_DAYS
 
@@ -43,3 +45,20 @@ def test_independent_cycles_are_named_by_station_and_skip_cycles_with_no_usage()
     assert first + (closed + INDEPENDENT_STEP_DAYS) * DAY in starts
     assert sorted({real.case.cycle_day for real in cases}) == list(CYCLE_DAYS)
     assert all(real.case.true_total > 0.0 for real in cases)
+
+
+def test_the_month_table_groups_every_cycle_day_by_the_month_its_cycle_starts_in() -> None:
+    # 1 Aug + 90 days of history: cycles start every 4 days from 30 Oct, into December.
+    first = date(2021, 8, 1)
+    cases = [real.case for real in real_cases(first, [1000.0] * (HISTORY_DAYS + 70))]
+    by_day: dict[int, list[Outcome]] = {day: [] for day in CYCLE_DAYS}
+    for case in cases:
+        by_day[case.cycle_day].append(score(case, cap=10**9))
+    months = by_start_month(by_day)
+    assert list(months) == [10, 11, 12]
+    assert sum(map(len, months.values())) == len(cases)
+    # A day-25 forecast of an October cycle is asked in November and still counts for October.
+    assert any(o.now.month == 11 for o in months[10])
+    for month, outcomes in months.items():
+        assert {o.cycle_start.month for o in outcomes} == {month}
+        assert {(o.now - o.cycle_start).days + 1 for o in outcomes} == set(CYCLE_DAYS)
