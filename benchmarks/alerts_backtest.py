@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import math
-import os
 import random
 import statistics
 import sys
@@ -15,7 +13,14 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
-from benchmarks.real_series import independent_series
+from benchmarks.real_series import (
+    DATA_ENV,
+    DATA_NAME,
+    data_file,
+    held_out_from,
+    independent_series,
+    load_series,
+)
 from benchmarks.traces import PATTERNS, make_case
 from exporter import backtest, backtest_render, backtest_sources, billing
 from exporter.alert_eval import load_rules
@@ -23,11 +28,7 @@ from exporter.backtest import DAY, CycleResult, History, midnight
 from exporter.config import CapResetDayMeans, parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
-# ../shared/data beside the repository; BENCH_DATA_DIR overrides (e.g. from a git worktree).
-DATA = Path(os.environ.get("BENCH_DATA_DIR", REPO.parent / "shared" / "data"))
-REAL_SERIES = "daily-website-visitors.csv"
 REAL_SCALE = 25  # Page.Loads x 25: 40,000 to 180,000 Posts a day
-HOLDOUT_FROM = date(2018, 8, 20)  # the real series' last two years: never tuned on
 # Groups reported alone, never in "overall": the held-out years and the independent series
 # (benchmarks/data), which no threshold or design decision has seen.
 APART = ("real-holdout", "independent")
@@ -95,18 +96,22 @@ def _own_pattern(pattern: str, value: float, day: date, rng: random.Random) -> i
 
 
 def real_traces(every: int) -> tuple[list[Trace], str | None]:
-    """Billing cycles (reset on the 1st) cut from the real series, every `every`-th month."""
-    path = DATA / REAL_SERIES
-    if not path.exists():
-        return [], f"{path} not found: real-series cycles skipped"
-    daily: dict[date, int] = {}
-    with path.open(encoding="utf-8") as file:
-        for row in csv.DictReader(file):
-            month, day, year = (int(part) for part in row["Date"].split("/"))
-            daily[date(year, month, day)] = int(row["Page.Loads"].replace(",", "")) * REAL_SCALE
+    """Billing cycles (reset on the 1st) cut from the real series, every `every`-th month.
+
+    The series' held-out years (the forecast benchmark's) are the group `real-holdout`.
+    """
+    path = data_file()
+    if path is None:
+        return (
+            [],
+            f"{DATA_NAME} not found in ../shared/data nor in ${DATA_ENV}: real cycles skipped",
+        )
+    first, totals = load_series(path, REAL_SCALE)
+    daily = {first + timedelta(days=k): round(v) for k, v in enumerate(totals)}
+    held_out = held_out_from(first, totals)
     traces = [
         Trace(
-            "real-holdout" if start >= HOLDOUT_FROM else "real",
+            "real-holdout" if start >= held_out else "real",
             f"real-{start:%Y-%m}",
             window,
             start,

@@ -20,8 +20,10 @@ from benchmarks.traces import HISTORY_DAYS, Case, intraday_shape
 __all__ = [
     "CYCLE_DAYS",
     "DATA_ENV",
+    "DATA_NAME",
     "RealCase",
     "data_file",
+    "held_out_from",
     "independent_cases",
     "independent_series",
     "load_series",
@@ -58,15 +60,20 @@ def data_file() -> Path | None:
     return path if path.is_file() else None
 
 
-def load_series(path: Path) -> tuple[date, tuple[float, ...]]:
-    """First date and the daily Page.Loads (x SCALE) of the CSV, checked to be consecutive days."""
+def load_series(path: Path, scale: float = SCALE) -> tuple[date, tuple[float, ...]]:
+    """First date and daily Page.Loads (x `scale`) of the CSV, checked to be consecutive days."""
     with path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     dates = [datetime.strptime(row["Date"], "%m/%d/%Y").date() for row in rows]
     if any(b - a != _DAY for a, b in itertools.pairwise(dates)):
         raise ValueError(f"{path}: dates are not consecutive days")
-    values = tuple(float(row["Page.Loads"].replace(",", "")) * SCALE for row in rows)
+    values = tuple(float(row["Page.Loads"].replace(",", "")) * scale for row in rows)
     return dates[0], values
+
+
+def held_out_from(first_day: date, totals: Sequence[float]) -> date:
+    """The first day of the series' held-out part: its last HELD_OUT_DAYS."""
+    return first_day + (len(totals) - HELD_OUT_DAYS) * _DAY
 
 
 def real_cases(first_day: date, totals: Sequence[float]) -> Iterator[RealCase]:

@@ -1,4 +1,4 @@
-"""The independent real series of the forecast benchmark: what it holds and how cycles are cut."""
+"""The forecast benchmark's real series: what the files hold, how cycles are cut and grouped."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from datetime import date, timedelta
 from benchmarks.forecast import Outcome, by_start_month, score
 from benchmarks.real_series import (
     CYCLE_DAYS,
+    HELD_OUT_DAYS,
     INDEPENDENT_SCALE,
     INDEPENDENT_STEP_DAYS,
+    held_out_from,
     independent_cases,
     independent_series,
     real_cases,
@@ -62,3 +64,17 @@ def test_the_month_table_groups_every_cycle_day_by_the_month_its_cycle_starts_in
     for month, outcomes in months.items():
         assert {o.cycle_start.month for o in outcomes} == {month}
         assert {(o.now - o.cycle_start).days + 1 for o in outcomes} == set(CYCLE_DAYS)
+
+
+def test_held_out_cycles_start_on_or_after_held_out_from_and_tuning_ones_end_before_it() -> None:
+    first = date(2021, 1, 1)
+    totals = [1000.0] * (HISTORY_DAYS + HELD_OUT_DAYS + 120)
+    boundary = held_out_from(first, totals)
+    assert boundary == first + (HISTORY_DAYS + 120) * DAY
+    cases = list(real_cases(first, totals))
+    assert {real.part for real in cases} == {"tuning", "held-out"}
+    for real in cases:
+        if real.part == "held-out":
+            assert real.case.cycle_start.date() >= boundary
+        else:
+            assert real.case.cycle_end.date() <= boundary
