@@ -178,6 +178,12 @@ class UsageCollector(Collector):
             "When the credit balance runs out at the mean Post-read spend of the last 7 days held.",
             ["project"],
         )
+        credits_read = f.gauge(
+            "xapi_exporter_credits_last_success_timestamp_seconds",
+            "When the credit balance exported was read; older than the last poll once "
+            "/2/usage/credits fails.",
+            ["project"],
+        )
         success = f.gauge(
             "xapi_exporter_poll_success", "1 if the last poll succeeded.", ["project"]
         )
@@ -238,6 +244,8 @@ class UsageCollector(Collector):
                             credit_families[key].add_metric([name], amount)
                     if state.credits.depletion is not None:
                         depletion.add_metric([name], state.credits.depletion.timestamp())
+                    if state.credits.read_at is not None:
+                        credits_read.add_metric([name], state.credits.read_at.timestamp())
             usage = state.usage
             project_id = usage.project_id if usage is not None else UNKNOWN_PROJECT_ID
             labels = [name, project_id]

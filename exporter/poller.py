@@ -9,7 +9,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 TOKEN_REASON = "token"  # noqa: S105 - a reason label, not a token
 # /2/usage/credits allows 30 requests per 15 minutes: never ask more often than every 30 s.
-CREDITS_MIN_INTERVAL = 30.0
+CREDITS_MIN_INTERVAL = timedelta(seconds=30)
 # How long stop() waits for the polls it cut short to end.
 STOP_GRACE = 3.0
 
@@ -124,7 +124,7 @@ class ProjectPoller:
         self._clock = clock
         self._limits = limits or RateLimits()
         self._credits_off = config.credits is CreditsMode.OFF
-        self._credits_polled_at = float("-inf")
+        self._credits_polled_at: datetime | None = None
         self._credits_blocked_until = 0.0
         self.retired = False  # a reload replaced or removed it: its job must not run again
 
@@ -265,11 +265,13 @@ class ProjectPoller:
         """Best effort: a failure keeps the last balance and never fails the poll."""
         if self._credits_off:
             return CreditsSnapshot(available=False)
-        if time.monotonic() - self._credits_polled_at < CREDITS_MIN_INTERVAL:
+        # On the poll's clock; a clock set back asks at once rather than wait for it.
+        polled = self._credits_polled_at
+        if polled is not None and timedelta(0) <= now - polled < CREDITS_MIN_INTERVAL:
             return previous
         if time.time() < self._credits_blocked_until:  # its own rate limit said so
             return previous
-        self._credits_polled_at = time.monotonic()
+        self._credits_polled_at = now
         try:
             balance = fetch_credits(self._client, token, deadline=deadline, attempts=attempts)
         except CreditsUnavailable:
@@ -288,7 +290,7 @@ class ProjectPoller:
         depletion = billing.credits_depletion(
             balance.balance, usage.daily, now, usage.post_read_usd
         )
-        return CreditsSnapshot(available=True, balance=balance, depletion=depletion)
+        return CreditsSnapshot(available=True, balance=balance, depletion=depletion, read_at=now)
 
     def _status(
         self,

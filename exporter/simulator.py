@@ -46,6 +46,7 @@ class FaultPlan:
     remaining: int | None  # None: until cleared
     delay: float = 0.0
     reset_after: float = 60.0  # RATE_LIMIT: seconds until x-rate-limit-reset
+    path: str | None = None  # only requests to this endpoint; None: every endpoint
 
 
 @dataclass
@@ -221,10 +222,14 @@ class Simulator:
         count: int | None = None,
         delay: float = 0.0,
         reset_after: float = 60.0,
+        path: str | None = None,
     ) -> None:
-        """Answer the next `count` requests (all while None) of a project (or all) with a fault."""
+        """Answer the next `count` requests (all while None) of a project (or all) with a fault.
+
+        With `path`, only the requests to that endpoint (e.g. "/2/usage/credits").
+        """
         with self._lock:
-            self._faults[project_id] = FaultPlan(fault, count, delay, reset_after)
+            self._faults[project_id] = FaultPlan(fault, count, delay, reset_after, path)
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -302,7 +307,7 @@ class Simulator:
             )
 
         limit_headers, limited = self._rate_limit(token, parts.path)
-        plan = self._take_fault(project.project_id)
+        plan = self._take_fault(project.project_id, parts.path)
         if plan is not None:
             answer = self._fault_answer(plan, limit_headers)
             if answer is not None:
@@ -359,11 +364,11 @@ class Simulator:
         }
         return headers, limited
 
-    def _take_fault(self, project_id: str) -> FaultPlan | None:
+    def _take_fault(self, project_id: str, path: str) -> FaultPlan | None:
         with self._lock:
             for key in (project_id, None):
                 plan = self._faults.get(key)
-                if plan is None:
+                if plan is None or plan.path not in (None, path):
                     continue
                 if plan.remaining is not None:
                     plan.remaining -= 1

@@ -78,6 +78,7 @@ class CreditsSnapshot:
     available: bool
     balance: Credits | None = None
     depletion: datetime | None = None
+    read_at: datetime | None = None  # the poll that read `balance`: a later failure keeps both
 
 
 @dataclass(frozen=True, slots=True)

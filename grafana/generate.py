@@ -1038,13 +1038,18 @@ def exporter_health() -> Json:
         stat(
             3,
             "Data age",
-            about="How long ago did the last successful poll end (how stale are the numbers)?",
+            about="How long ago did the last successful poll end (how stale are the numbers), "
+            "and how old is the credit balance (its endpoint can fail on its own)?",
             pos=g.place(4, 5),
             queries=[
                 Query(
                     f"time() - {selector('xapi_exporter_last_success_timestamp_seconds')}",
                     "{{project}}",
-                )
+                ),
+                Query(
+                    "time() - " + selector("xapi_exporter_credits_last_success_timestamp_seconds"),
+                    "{{project}}: credit balance",
+                ),
             ],
             fields=field_config(
                 "dtdurations",

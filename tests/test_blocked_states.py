@@ -157,3 +157,48 @@ def test_with_one_day_of_history_the_runway_uses_today_s_pace(tmp_path: Path) ->
         assert (
             datetime.fromtimestamp(depletion, UTC) - now
         ).total_seconds() > 0  # never "already depleted" for a positive balance
+
+
+def test_a_failing_credits_endpoint_keeps_the_last_balance_and_shows_when_it_was_read(
+    tmp_path: Path,
+) -> None:
+    credits_read = "xapi_exporter_credits_last_success_timestamp_seconds"
+    with running(_project(), tmp_path) as h:
+        h.start().poll()
+        read = h.clock.now.timestamp()
+        assert h.value(credits_read, project="p0") == read
+        asked = h.simulator.request_count("/2/usage/credits")
+
+        # The usage endpoint answers, the credits endpoint does not.
+        h.simulator.set_fault(Fault.SERVER_ERROR, project_id="1001", path="/2/usage/credits")
+        h.clock.now += timedelta(minutes=5)
+        h.poll()
+        assert h.value("xapi_exporter_poll_success", project="p0") == 1
+        assert h.value("xapi_exporter_last_success_timestamp_seconds", project="p0") == (
+            h.clock.now.timestamp()
+        )
+        assert h.value("xapi_credits_total_balance_usd", project="p0") == 275.0
+        assert h.value(credits_read, project="p0") == read
+        errors = h.value(
+            "xapi_exporter_upstream_errors_total",
+            project="p0",
+            endpoint="credits",
+            reason="server_error",
+        )
+        assert errors is not None and errors >= 1
+        assert h.simulator.request_count("/2/usage/credits") > asked
+
+        h.simulator.clear_faults()
+        h.clock.now += timedelta(minutes=5)
+        h.poll()
+        assert h.value(credits_read, project="p0") == h.clock.now.timestamp()
+
+        # At most one credits request per 30 s of the poll's clock; a clock set back asks at once.
+        asked = h.simulator.request_count("/2/usage/credits")
+        h.clock.now += timedelta(seconds=20)
+        h.poll()
+        assert h.simulator.request_count("/2/usage/credits") == asked
+        h.clock.now -= timedelta(hours=1)
+        h.poll()
+        assert h.simulator.request_count("/2/usage/credits") == asked + 1
+        assert h.value(credits_read, project="p0") == h.clock.now.timestamp()

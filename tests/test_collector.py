@@ -25,6 +25,7 @@ from exporter.snapshot import (
 from tests.conftest import require_tool
 
 HERE = Path(__file__).parent / "golden"
+_HOUR = timedelta(hours=1)
 TAKEN = datetime(2026, 11, 23, 14, 0, tzinfo=UTC)
 
 
@@ -37,7 +38,9 @@ def _store() -> Store:
         ProjectState(
             project=project,
             usage=usage,
-            credits=CreditsSnapshot(True, Credits(420.0, 400.0, 20.0), TAKEN + timedelta(days=9)),
+            credits=CreditsSnapshot(
+                True, Credits(420.0, 400.0, 20.0), TAKEN + timedelta(days=9), TAKEN - _HOUR
+            ),
             status=PollStatus(
                 success=True,
                 last_attempt=TAKEN,
