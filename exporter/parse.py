@@ -6,7 +6,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from exporter.errors import ParseError, describe
@@ -74,6 +74,7 @@ class Problem:
 
 # Counts above this are not Posts: a guard against absurd numbers, not a business limit.
 _MAX_DIGITS = 18
+_MAX_DATE_LENGTH = 40  # `2026-11-23T00:00:00.000000+00:00` is 32
 
 
 def decode_json(body: bytes) -> object:
@@ -90,7 +91,8 @@ def parse_usage(payload: object) -> UsageReport:
     A figure is either read, or its field is named in `missing` or `invalid`: never a silent 0.
     """
     data = _data_object(payload)
-    missing = [name for name in USAGE_FIELDS if name not in data]
+    # A field sent as null says no more than an absent one: both are missing.
+    missing = [name for name in USAGE_FIELDS if data.get(name) is None]
     found = _Found()
     daily_raw = data.get("daily_project_usage")
     app_raw = data.get("daily_client_app_usage")
@@ -130,8 +132,9 @@ def parse_usage(payload: object) -> UsageReport:
             for day, count in days.items():
                 found.put(merged, day, count, "daily_client_app_usage", add=app_id == UNKNOWN_APP)
 
-    if daily_raw is None:
-        # No project series: the project's day is the sum of its Apps' days.
+    if not _has_days(daily_raw):
+        # No project series, or one without a single day (`[]` is seen): the Apps' days are the
+        # project's, summed; otherwise an empty series would read as a project without usage.
         for days in apps.values():
             for day, count in days.items():
                 daily[day] = daily.get(day, 0) + count
@@ -155,6 +158,13 @@ def parse_usage(payload: object) -> UsageReport:
         api_errors=_error_titles(payload),
         invalid=tuple(sorted(found.invalid)),
     )
+
+
+def _has_days(daily_raw: object) -> bool:
+    """Whether the project series holds at least one day entry, in either shape."""
+    if isinstance(daily_raw, Mapping):
+        daily_raw = daily_raw.get("usage")
+    return isinstance(daily_raw, list) and bool(daily_raw)
 
 
 def parse_credits(payload: object) -> Credits:
@@ -268,13 +278,26 @@ def _preview(value: object) -> str:
 
 
 def _day(value: object, path: str) -> date:
-    """`YYYY-MM-DD` or `YYYY-MM-DDT00:00:00.000Z`: the UTC day."""
-    if not isinstance(value, str) or len(value) < 10:
-        raise ParseError(f"{path}: expected a date, got {_preview(value)}")
-    try:
-        return date.fromisoformat(value[:10])
-    except ValueError:
-        raise ParseError(f"{path}: expected a date, got {_preview(value)}") from None
+    """`YYYY-MM-DD`, or an ISO 8601 time such as `YYYY-MM-DDT00:00:00.000Z`: its UTC day.
+
+    A time with an offset is moved to UTC first; one without is read as UTC. Anything else
+    (trailing text included) is refused.
+    """
+    if isinstance(value, str) and len(value) == 10:
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    elif isinstance(value, str) and 10 < len(value) <= _MAX_DATE_LENGTH:
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is not None:
+                moment = moment.astimezone(UTC)
+            return moment.date()
+    raise ParseError(f"{path}: expected a date, got {_preview(value)}")
 
 
 def _app_id(value: object, path: str) -> str:
@@ -350,7 +373,9 @@ def _parse_overview_days(
             else:
                 found.put(daily, day, own, field, add=False)
             continue
-        total = 0
+        # This day's Apps: Apps without an id are distinct Apps, so they add up within the day;
+        # the same day sent again is the same day, kept once (the larger count) by put().
+        day_apps: dict[str, dict[date, int]] = {}
         for app_index, app_entry in enumerate(usage):
             app_path = f"{path}.usage[{app_index}]"
             app_map = _mapping(app_entry, app_path)
@@ -359,8 +384,11 @@ def _parse_overview_days(
                 found.missing.add(f"{field}.usage.tweets_consumed")
                 continue
             count = _count(app_map.get("tweets_consumed"), f"{app_path}.tweets_consumed") or 0
-            total += count
-            found.put(apps.setdefault(app_id, {}), day, count, field, add=app_id == UNKNOWN_APP)
+            found.put(day_apps.setdefault(app_id, {}), day, count, field, add=app_id == UNKNOWN_APP)
+        total = 0
+        for app_id, counts in day_apps.items():
+            total += counts[day]
+            found.put(apps.setdefault(app_id, {}), day, counts[day], field, add=False)
         # A day that also carries its own count: that is the project's figure for the day.
         found.put(daily, day, total if own is None else own, field, add=False)
     return daily, apps

@@ -169,6 +169,15 @@ def test_apps_alone_give_the_project_s_days() -> None:
             lambda d: d.update(cap_reset_day=False),
             "data.cap_reset_day: expected a count, got a boolean",
         ),
+        # Dates were read from their first ten characters: trailing text passed (review 2026-11-30).
+        (
+            lambda d: d["daily_project_usage"]["usage"][2].update(date="2026-11-18garbage"),
+            'data.daily_project_usage.usage[2].date: expected a date, got "2026-11-18garbage"',
+        ),
+        (
+            lambda d: d["daily_project_usage"]["usage"][2].update(date="2026-11-18T25:00:00Z"),
+            'data.daily_project_usage.usage[2].date: expected a date, got "2026-11-18T25:00:00Z"',
+        ),
     ],
 )
 def test_bad_values_name_their_field(mutate: Any, message: str) -> None:
@@ -409,3 +418,72 @@ def test_a_problem_s_own_title_wins_over_an_errors_list() -> None:
     assert both.title == "UsageCapExceeded"
     assert parse_problem(b'{"errors":"not a list"}').title == ""
     assert parse_problem(b'{"errors":[]}').title == ""
+
+
+@pytest.mark.parametrize(
+    "series", [[], {"project_id": "1460987654321098752", "usage": []}], ids=["list", "object"]
+)
+def test_an_empty_project_series_takes_the_apps_days_never_a_silent_zero(series: object) -> None:
+    """An empty `daily_project_usage` (SPEC 1a) with per-App days and no `project_usage` read as a
+    project without usage: consumption 0 beside Apps with thousands (review, 2026-11-30)."""
+    payload = _answer()
+    del payload["data"]["project_usage"]
+    payload["data"]["daily_project_usage"] = series
+    report = parse_usage(payload)
+    assert report.daily[date(2026, 11, 16)] == 42_000
+    assert report.daily == parse_usage(_without_project_series()).daily
+    assert sum(report.daily.values()) > 0
+
+
+def _without_project_series() -> dict[str, Any]:
+    payload = _answer()
+    del payload["data"]["daily_project_usage"]
+    return payload
+
+
+@pytest.mark.parametrize("field", ["project_cap", "cap_reset_day", "project_id", "project_usage"])
+def test_a_field_sent_as_null_is_reported_missing(field: str) -> None:
+    """`"project_cap": null` left the cap absent and the cycle on the calendar month with no
+    metric saying why (review, 2026-11-30)."""
+    payload = _answer()
+    payload["data"][field] = None
+    assert field in parse_usage(payload).missing
+
+
+def test_an_app_without_an_id_on_a_repeated_day_is_not_counted_twice() -> None:
+    """The overview shape sending a day twice doubled its App without an id (review, 2026-11-30);
+    two Apps without an id on one day are still two Apps."""
+    day = {"date": "2026-09-05", "usage": [{"app_id": None, "tweets_consumed": "100"}]}
+    report = parse_usage({"data": {"daily_project_usage": [day, dict(day)]}})
+    assert report.daily == {date(2026, 9, 5): 100}
+    assert report.apps == {"unknown": {date(2026, 9, 5): 100}}
+    assert report.invalid == ("daily_project_usage",)
+    two = {
+        "date": "2026-09-05",
+        "usage": [
+            {"app_id": None, "tweets_consumed": "100"},
+            {"app_id": None, "tweets_consumed": "30"},
+            {"app_id": "7", "tweets_consumed": "5"},
+        ],
+    }
+    report = parse_usage({"data": {"daily_project_usage": [two]}})
+    assert report.daily == {date(2026, 9, 5): 135}
+    assert report.apps == {"unknown": {date(2026, 9, 5): 130}, "7": {date(2026, 9, 5): 5}}
+    assert report.invalid == ()
+
+
+@pytest.mark.parametrize(
+    ("sent", "day"),
+    [
+        ("2026-11-22", date(2026, 11, 22)),
+        ("2026-11-22T00:00:00.000Z", date(2026, 11, 22)),
+        ("2026-11-22T05:00:00Z", date(2026, 11, 22)),
+        ("2026-11-22 00:00:00", date(2026, 11, 22)),
+        ("2026-11-22T00:00:00-05:00", date(2026, 11, 22)),
+        ("2026-11-22T20:00:00-05:00", date(2026, 11, 23)),  # 01:00 UTC on the 23rd
+        ("2026-11-23T01:00:00+02:00", date(2026, 11, 22)),
+    ],
+)
+def test_a_time_is_read_as_its_utc_day(sent: str, day: date) -> None:
+    report = parse_usage({"data": {"daily_project_usage": [{"date": sent, "tweets_consumed": 4}]}})
+    assert report.daily == {day: 4}
