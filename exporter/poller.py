@@ -15,10 +15,12 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter import billing, logs
+from exporter.billing import FALLBACK_CAP_RESET_DAY
 from exporter.client import (
     Attempt,
     CreditsUnavailable,
     Endpoint,
+    RateLimit,
     RetryPolicy,
     XApiClient,
     fetch_credits,
@@ -26,7 +28,7 @@ from exporter.client import (
     read_token,
     safe_text,
 )
-from exporter.config import Config, CreditsMode, ProjectConfig
+from exporter.config import CapResetDayMeans, Config, CreditsMode, ProjectConfig
 from exporter.errors import Reason, TokenError, UpstreamError, describe
 from exporter.snapshot import (
     ConfigStatus,
@@ -165,9 +167,16 @@ class ProjectPoller:
             if exc.reason is Reason.RATE_LIMITED and exc.retry_at is not None:
                 self.blocked_until = max(self.blocked_until, exc.retry_at)
             if exc.reason is Reason.USAGE_CAPPED:
-                # Capped until the cycle ends: the last answer's reset day, else the month's end.
-                reset_day = usage.cap_reset_day if usage is not None else None
-                end = billing.cycle_of(now, reset_day, self.config.cap_reset_day_means).end
+                # Capped until the cycle ends: the cycle of `now` that the last answer's reset day
+                # gives, as a day of the month (a count of days left is read at the answer's
+                # time: counted from `now` it would outlive the cycle); else the month's end.
+                reset_day = FALLBACK_CAP_RESET_DAY
+                if usage is not None:
+                    means = self.config.cap_reset_day_means
+                    reset_day = billing.reset_day_of_month(
+                        usage.cap_reset_day, means, usage.taken_at
+                    )
+                end = billing.cycle_for(now, reset_day, CapResetDayMeans.DAY_OF_MONTH).end
                 blocked = replace(blocked, capped=True, capped_until=end)
             if exc.reason is Reason.CREDITS_DEPLETED:
                 blocked = replace(blocked, credits_depleted=True)
@@ -302,8 +311,10 @@ class ProjectPoller:
         message: str | None,
         blocked: _Blocked,
     ) -> PollStatus:
-        limits = [a.rate_limit for a in attempts if a.endpoint is Endpoint.USAGE and a.rate_limit]
-        last = limits[-1] if limits else None
+        # The last usage answer's headers; an answer without them (a 401) makes them unknown. A
+        # poll that got no answer (no request sent, or no response) leaves the previous ones.
+        answers = [a for a in attempts if a.endpoint is Endpoint.USAGE and a.code != "error"]
+        last = (answers[-1].rate_limit or RateLimit(None, None, None)) if answers else None
         return PollStatus(
             success=reason is None,
             error_reason=reason,
@@ -311,14 +322,8 @@ class ProjectPoller:
             last_attempt=now,
             last_success=now if reason is None else previous.last_success,
             duration=duration,
-            rate_limit_remaining=(
-                last.remaining
-                if last and last.remaining is not None
-                else previous.rate_limit_remaining
-            ),
-            rate_limit_reset=(
-                last.reset if last and last.reset is not None else previous.rate_limit_reset
-            ),
+            rate_limit_remaining=last.remaining if last else previous.rate_limit_remaining,
+            rate_limit_reset=last.reset if last else previous.rate_limit_reset,
             usage_capped=blocked.capped,
             capped_until=blocked.capped_until,
             credits_depleted=blocked.credits_depleted,

@@ -202,3 +202,52 @@ def test_a_failing_credits_endpoint_keeps_the_last_balance_and_shows_when_it_was
         h.poll()
         assert h.simulator.request_count("/2/usage/credits") == asked + 1
         assert h.value(credits_read, project="p0") == h.clock.now.timestamp()
+
+
+def test_under_days_remaining_a_cap_refusal_ends_with_the_cycle_it_was_seen_in(
+    tmp_path: Path,
+) -> None:
+    """The cap 429's end was `now` plus the last answer's count of days left: a flag two days past
+    its cycle, served in the next one (review, 2026-11-30)."""
+    clock = FakeClock(datetime(2026, 11, 20, 12, tzinfo=UTC))
+    project = sim_project("1001", "token-blocked-aaaaaaaaaaaaaaaa", cap_reset_day=3)
+    with running([project], tmp_path, clock) as h:
+        h.start(h.config(cap_reset_day_means="days_remaining")).poll()
+        end = h.value("xapi_project_cycle_end_timestamp_seconds", **KNOWN)
+        assert end == datetime(2026, 11, 23, tzinfo=UTC).timestamp()  # 3 days left on the 20th
+
+        clock.now = datetime(2026, 11, 22, 12, tzinfo=UTC)
+        h.simulator.set_fault(Fault.USAGE_CAPPED, project_id="1001", count=1)
+        h.poll()
+        assert h.value("xapi_project_usage_capped", **KNOWN) == 1
+        assert h.store.states["p0"].status.capped_until == datetime(2026, 11, 23, tzinfo=UTC)
+
+        clock.now = datetime(2026, 11, 24, 6, tzinfo=UTC)  # the next cycle, its polls failing
+        h.simulator.set_fault(Fault.SERVER_ERROR, project_id="1001")
+        h.poll()
+        assert h.value("xapi_exporter_poll_success", project="p0") == 0
+        assert h.value("xapi_project_usage_capped", **KNOWN) is None
+
+
+def test_an_answer_without_rate_limit_headers_makes_them_unknown(tmp_path: Path) -> None:
+    """After a 401 (no x-rate-limit-* headers) the gauges still showed the last 200's headroom
+    (review, 2026-11-30); a poll that got no answer at all keeps them."""
+    with running(_project(credits=None), tmp_path) as h:
+        h.start().poll()
+        assert h.value("xapi_exporter_rate_limit_remaining", project="p0") == 49
+        assert h.value("xapi_exporter_rate_limit_reset_timestamp_seconds", project="p0")
+
+        h.simulator.set_fault(Fault.UNAUTHORIZED, project_id="1001")
+        h.poll()
+        assert h.value("xapi_exporter_poll_success", project="p0") == 0
+        assert h.value("xapi_exporter_rate_limit_remaining", project="p0") is None
+        assert h.value("xapi_exporter_rate_limit_reset_timestamp_seconds", project="p0") is None
+
+        h.simulator.clear_faults()
+        h.poll()
+        assert h.value("xapi_exporter_rate_limit_remaining", project="p0") == 47
+
+        (tmp_path / "token-0").write_text("")  # no token: no request, so no news of the headers
+        h.poll()
+        assert h.value("xapi_exporter_poll_error", project="p0", reason="token") == 1
+        assert h.value("xapi_exporter_rate_limit_remaining", project="p0") == 47
