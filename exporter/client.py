@@ -21,7 +21,13 @@ import httpcore
 import httpx
 
 from exporter import __version__, logs
-from exporter.config import MAX_TOKEN_FILE_BYTES, TokenSource, read_small_file
+from exporter.config import (
+    MAX_TOKEN_FILE_BYTES,
+    NOT_A_HEADER_VALUE,
+    TokenSource,
+    is_bearer_token,
+    read_small_file,
+)
 from exporter.errors import ParseError, Reason, TokenError, UpstreamError, describe
 from exporter.parse import (
     USAGE_FIELDS,
@@ -135,6 +141,8 @@ def read_token(source: TokenSource, environ: Mapping[str, str] | None = None) ->
         token = env.get(source.env or "", "").strip()
     if not token:
         raise TokenError(f"token {source.describe()} is empty")
+    if not is_bearer_token(token):
+        raise TokenError(f"token {source.describe()} {NOT_A_HEADER_VALUE}")
     logs.register_secret(token)
     return token
 

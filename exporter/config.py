@@ -202,6 +202,19 @@ _SHOWN.maxstring = _SHOWN.maxother = 60
 _SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict = 2, 3, 3
 
 
+def is_bearer_token(text: str) -> bool:
+    """Whether `text` (already stripped) can go into an Authorization header as it is: visible
+    ASCII only, no space or line break inside. Anything else, the HTTP library refuses while
+    quoting the header, so it is refused here first, and never quoted."""
+    return bool(text) and all("!" <= c <= "~" for c in text)
+
+
+NOT_A_HEADER_VALUE = (
+    "is not a bearer token: it holds a space, a line break or a character outside visible ASCII"
+)
+_ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
 def shown(value: object) -> str:
     """A value as a message may quote it: a short repr, whatever its size or nesting."""
     return _SHOWN.repr(value)
@@ -465,13 +478,21 @@ def _token_source(
         if not content.strip():
             check.fail(key, f"{token_path} is empty")
             return None
+        if not is_bearer_token(content.strip()):
+            check.fail(key, f"{token_path} {NOT_A_HEADER_VALUE}")
+            return None
         return TokenSource(file=token_path)
     key = f"{path}.bearer_token_env"
-    if not isinstance(env_value, str) or not env_value:
-        check.fail(key, "must be an environment variable name")
+    if not isinstance(env_value, str) or not _ENV_NAME_RE.fullmatch(env_value):
+        # Never quoted: a token pasted here by mistake would be echoed.
+        check.fail(key, "must be an environment variable name (letters, digits, _; 128 at most)")
         return None
-    if not environ.get(env_value, "").strip():
+    value = environ.get(env_value, "").strip()
+    if not value:
         check.fail(key, f"environment variable {env_value} is not set or empty")
+        return None
+    if not is_bearer_token(value):
+        check.fail(key, f"environment variable {env_value} {NOT_A_HEADER_VALUE}")
         return None
     return TokenSource(env=env_value)
 

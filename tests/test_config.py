@@ -138,6 +138,46 @@ def test_bad_input_is_refused_with_one_clear_line(tmp_path: Path, text: str, fra
     assert all("\n" not in problem and "Traceback" not in problem for problem in problems)
 
 
+@pytest.mark.parametrize(
+    ("file_content", "env_value", "env_name", "fragment"),
+    [
+        ("Qx7Tz9Kp-one\nWm3Rv8Ls-two\n", None, None, "odd-token is not a bearer token"),
+        ("\ufeffQx7Tz9Kp-bom-Wm3Rv8Ls", None, None, "odd-token is not a bearer token"),
+        (None, "Qx7Tz9Kp-crlf-Wm3Rv8Ls\r\n# rotated", "XTOK", "XTOK is not a bearer token"),
+        (None, "x", "Qx7Tz9Kp pasted Wm3Rv8Ls", "must be an environment variable name"),
+        (None, "x", "A" * 129, "must be an environment variable name"),
+    ],
+    ids=["line-break", "bom", "env-crlf", "env-name-is-a-token", "env-name-too-long"],
+)
+def test_a_token_that_cannot_be_a_header_is_refused_without_quoting_it(
+    tmp_path: Path,
+    file_content: str | None,
+    env_value: str | None,
+    env_name: str | None,
+    fragment: str,
+) -> None:
+    """A line break inside a token reached the log and the page through the HTTP library's
+    complaint, and check-config accepted it; a long variable name was quoted whole (review,
+    2026-11-30)."""
+    if file_content is not None:
+        (tmp_path / "odd-token").write_text(file_content, encoding="utf-8")
+        text = "projects: [{name: p, bearer_token_file: odd-token}]"
+        environ: dict[str, str] = {}
+    else:
+        assert env_name is not None and env_value is not None
+        text = f"projects: [{{name: p, bearer_token_env: '{env_name}'}}]"
+        environ = {env_name: env_value}
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, text), environ)
+    (problem,) = caught.value.problems
+    assert fragment in problem
+    for secret in (file_content, env_value, env_name):
+        for piece in (secret or "").split():
+            if len(piece) >= 8:
+                assert piece not in problem
+    assert len(problem) < 300
+
+
 @pytest.mark.parametrize(("text", "mode"), [("off", "off"), ("on", "on"), ("'off'", "off")])
 def test_unquoted_on_and_off_mean_the_credits_modes(tmp_path: Path, text: str, mode: str) -> None:
     path = _write(tmp_path, f"credits: {text}\nprojects: [{{name: p, bearer_token_file: token}}]")

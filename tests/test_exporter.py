@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
+from exporter import landing
 from exporter.errors import Reason
 from exporter.simulator import Fault, SimProject
+from tests.conftest import find_token_fragments, register_test_token
 from tests.harness import NOW, FakeClock, running, sim_project
 
 _TOKEN_A = "token-aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -251,7 +253,6 @@ def test_the_simulated_window_refuses_the_51st_request(tmp_path: Path) -> None:
 
 
 def test_scrapes_and_pages_never_reach_the_x_api(tmp_path: Path) -> None:
-    from exporter import landing
 
     with running(_projects(), tmp_path) as h:
         h.start().poll()
@@ -289,6 +290,35 @@ def test_a_deleted_token_file_fails_the_poll_and_its_return_recovers(tmp_path: P
         h.token_file(0).write_text(token)
         h.poll()
         assert h.value("xapi_exporter_poll_success", project="p0") == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "Line-one-Qx7Tz9Kp\nLine-two-Wm3Rv8Ls\n",
+        "Space-Qx7Tz9Kp Wm3Rv8Ls",
+        "Accent-Qx7Tz9Kp\u00e9Wm3Rv8",
+    ],
+    ids=["line-break", "space", "non-ascii"],
+)
+def test_a_token_that_cannot_be_a_header_fails_as_token_and_is_never_shown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str
+) -> None:
+    """A token file with a line break inside made the HTTP library refuse the header, quoting
+    it; the quote reached the page and the log unredacted (review, 2026-11-30)."""
+    for piece in content.split():
+        register_test_token(piece)
+    with running(_projects(), tmp_path) as h:
+        h.start()  # the config's check refuses such a file (test_config): it comes with a rotation
+        h.token_file(0).write_text(content)
+        sent = h.simulator.request_count()
+        h.poll()
+        assert h.value("xapi_exporter_poll_error", project="p0", reason="token") == 1
+        assert h.simulator.request_count() == sent + 2  # p1's usage and credits only
+        page = landing.render(h.store.states, h.clock(), "/metrics")
+        assert "not a bearer token" in page
+        shown = page + caplog.text + (h.store.states["p0"].status.error_message or "")
+        assert find_token_fragments(shown, set(content.split())) == []
 
 
 def test_the_old_cycle_is_never_served_as_the_new_one(tmp_path: Path) -> None:
