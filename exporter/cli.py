@@ -33,7 +33,7 @@ from exporter.backtest_sources import (
 from exporter.client import XApiClient, fetch_usage, read_token
 from exporter.collector import UsageCollector
 from exporter.config import Config, ProjectConfig, TokenSource, load_config, parse_duration
-from exporter.errors import ConfigError, TokenError, UpstreamError
+from exporter.errors import ConfigError, TokenError, UpstreamError, describe
 from exporter.parse import UsageReport
 from exporter.poller import Poller, utc_now
 from exporter.simulator import Simulator, demo_projects
@@ -455,15 +455,14 @@ def serve(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{PROG}: error: --demo and --config.file exclude each other\n")
         return EXIT_USAGE
 
-    ssl_context = None
+    web_config: webconfig.LiveWebConfig | None = None
     if args.web_config_file:
         try:
-            web_config = webconfig.load(args.web_config_file)
+            web_config = webconfig.LiveWebConfig(
+                args.web_config_file, webconfig.load(args.web_config_file)
+            )
         except ConfigError as exc:
             return _config_errors(exc)
-        ssl_context = web_config.ssl_context()
-    else:
-        web_config = None
 
     simulator: Simulator | None = None
     if args.demo:
@@ -490,6 +489,8 @@ def serve(args: argparse.Namespace) -> int:
         with reload_lock:
             try:
                 new = load_config(args.config_file)
+                if web_config is not None:
+                    web_config.reload()
             except ConfigError as exc:
                 poller.reload_failed()
                 log.error(
@@ -497,7 +498,12 @@ def serve(args: argparse.Namespace) -> int:
                     extra=logs.fields(kept="running config", err="; ".join(exc.problems)),
                 )
                 return "; ".join(exc.problems)
-            poller.reload(new)
+            try:
+                poller.reload(new)
+            except Exception as exc:  # never half-silent: the reload is reported failed
+                poller.reload_failed()
+                log.exception("reload failed", extra=logs.fields(err=describe(exc)))
+                return f"internal error: {describe(exc)}"
             log.info(
                 "config reloaded", extra=logs.fields(source=new.source, projects=len(new.projects))
             )
@@ -510,7 +516,7 @@ def serve(args: argparse.Namespace) -> int:
     if web_config is not None:
         app = web_config.wrap(app)
     try:
-        server = WebServer(app, address, ssl_context)
+        server = WebServer(app, address, web_config.ssl_context if web_config else None)
     except OSError as exc:
         sys.stderr.write(f"{PROG}: error: cannot listen on {args.listen_address}: {exc.strerror}\n")
         poller.stop()

@@ -33,6 +33,10 @@ E = TypeVar("E", bound="StrEnum")
 # Bounds on what the operator's files may hold (docs/security.md). A token is about 100 bytes and a
 # config a few KiB; the limits leave room for that and refuse devices, FIFOs and runaway files.
 MAX_TOKEN_FILE_BYTES = 4096
+MAX_PROJECTS = 1000  # docs/performance.md measures 1000; more belong in another shard
+MAX_PROJECT_NAME_CHARS = 128  # a label value on every series and a heading on the page
+MAX_DURATION_SECONDS = 86_400.0  # a day: poll_interval and request_timeout
+MAX_USD = 1e12  # budgets, limits and prices: a guard against absurd numbers, not a business limit
 MAX_CONFIG_FILE_BYTES = 1024 * 1024
 # YAML aliases and merges let a small document describe a huge graph: legitimate configs use a
 # handful, and the limits stop the expansion before any code walks it.
@@ -281,19 +285,25 @@ class _Checker:
         if seconds <= 0:
             self.fail(path, "must be greater than 0")
             return default
+        if seconds > MAX_DURATION_SECONDS:
+            self.fail(path, f"must be at most {format_duration(MAX_DURATION_SECONDS)}")
+            return default
         return seconds
 
     def number(self, value: object, path: str, *, positive: bool = False) -> float | None:
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             self.fail(path, f"must be a number, got {_type_name(value)}")
             return None
-        if math.isinf(value):
-            self.fail(path, "must be finite")
+        if isinstance(value, float) and math.isnan(value):
+            self.fail(path, "must be a number, got nan")
             return None
         if value < 0 or (positive and value == 0):
             self.fail(path, "must be greater than 0" if positive else "must not be negative")
+            return None
+        if value > MAX_USD:  # an int of any size compares exactly; inf is caught here too
+            self.fail(path, f"must be at most {MAX_USD:,.0f}")
             return None
         return float(value)
 
@@ -418,6 +428,9 @@ def _parse_projects(
     if not isinstance(raw, list) or not raw:
         check.fail("projects", "must be a non-empty list of projects")
         return []
+    if len(raw) > MAX_PROJECTS:
+        check.fail("projects", f"{len(raw)} projects: at most {MAX_PROJECTS} per exporter")
+        return []
     projects: list[ProjectConfig] = []
     seen: set[str] = set()
     for index, item in enumerate(raw):
@@ -429,6 +442,12 @@ def _parse_projects(
         name = entry.get("name")
         if not isinstance(name, str) or not name.strip():
             check.fail(f"{path}.name", "must be a non-empty string")
+            name = None
+        elif len(name) > MAX_PROJECT_NAME_CHARS or not name.isprintable():
+            check.fail(
+                f"{path}.name",
+                f"must be at most {MAX_PROJECT_NAME_CHARS} printable characters, got {shown(name)}",
+            )
             name = None
         elif name in seen:
             check.fail(f"{path}.name", f"duplicate project name {shown(name)}")

@@ -99,6 +99,53 @@ class WebConfig:
         return _Guard(app, self.users, self.headers)
 
 
+class LiveWebConfig:
+    """The web config in force, re-read at each reload: users and headers are swapped, the TLS
+    certificate, key and client CA files re-read into the listening socket's context, so that a
+    revoked user or a rotated certificate needs no restart. A change to the other TLS settings
+    (on or off, versions, client auth) fails the reload: they are fixed when the socket opens."""
+
+    def __init__(self, path: str, config: WebConfig) -> None:
+        self._path = path
+        self._config = config
+        self._context = config.ssl_context()
+        self._guards: list[_Guard] = []
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self._context
+
+    def wrap(self, app: WsgiApp) -> WsgiApp:
+        guard = _Guard(app, self._config.users, self._config.headers)
+        self._guards.append(guard)
+        return guard
+
+    def reload(self) -> None:
+        """Re-read the file and apply it whole, or raise ConfigError and change nothing."""
+        new = load(self._path)
+        new_tls = new.tls
+        if _fixed_settings(self._config.tls) != _fixed_settings(new_tls):
+            raise ConfigError(
+                [f"{self._path}: tls_server_config: only its files can change without a restart"]
+            )
+        context = self._context
+        if new_tls is not None and context is not None:
+            new.ssl_context()  # every file readable and matching before the live context changes
+            context.load_cert_chain(new_tls.cert_file, new_tls.key_file, password=_no_password)
+            if new_tls.client_ca_file is not None:
+                context.load_verify_locations(cafile=str(new_tls.client_ca_file))
+        for guard in self._guards:
+            guard.update(new.users, new.headers)
+        self._config = new
+
+
+def _fixed_settings(tls: TlsConfig | None) -> tuple[object, ...] | None:
+    """What of the TLS settings the listening socket fixes: all but the files' contents."""
+    if tls is None:
+        return None
+    return (tls.client_auth_type, tls.client_ca_file is None, tls.min_version, tls.max_version)
+
+
 class _Guard:
     """WSGI middleware: checks basic auth; a verified password is remembered by its SHA-256 so
     that bcrypt's deliberate slowness is paid once per credential, not once per scrape.
@@ -109,20 +156,28 @@ class _Guard:
 
     def __init__(self, app: WsgiApp, users: Mapping[str, bytes], headers: Mapping[str, str]):
         self._app = app
-        self._users = users
-        self._headers = list(headers.items())
         self._verified: set[tuple[str, bytes]] = set()
         self._lock = threading.Lock()
         self._bcrypt = threading.Lock()
         self._slowest = 0.0
-        # An unknown user is checked against the costliest hash: never cheaper than a known one.
-        self._decoy = max(users.values(), key=lambda h: h[4:6], default=b"")
+        self.update(users, headers)
+
+    def update(self, users: Mapping[str, bytes], headers: Mapping[str, str]) -> None:
+        """New users and headers from now on; passwords verified before must be verified again."""
+        with self._lock:
+            self._users = users
+            self._headers = list(headers.items())
+            # An unknown user is checked against the costliest hash: never cheaper than a known one.
+            self._decoy = max(users.values(), key=lambda h: h[4:6], default=b"")
+            self._verified = set()
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
+        extra = self._headers  # one reload's users and headers for the whole request
+
         def respond(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
-            return start_response(status, headers + self._headers, *rest)
+            return start_response(status, headers + extra, *rest)
 
         if self._users and not self._authorized(environ.get("HTTP_AUTHORIZATION", "")):
             body = b"Unauthorized\n"
@@ -156,14 +211,15 @@ class _Guard:
             return False
         if not sep or len(password.encode()) > BCRYPT_MAX_PASSWORD_BYTES:
             return False
-        known = user in self._users
         key = (user, hashlib.sha256(password.encode()).digest())
         with self._lock:
-            if known and key in self._verified:
+            users, decoy, verified = self._users, self._decoy, self._verified
+            known = user in users
+            if known and key in verified:
                 return True
         # An unknown user costs one bcrypt check too, so that timing does not tell which users
         # exist; the decoy hash is a configured one, and the answer is no whatever it says.
-        hashed = self._users[user] if known else self._decoy
+        hashed = users[user] if known else decoy
         import bcrypt  # noqa: PLC0415 - an optional dependency, checked at load time
 
         with self._bcrypt:
@@ -177,7 +233,7 @@ class _Guard:
         if not (matches and known):
             return False
         with self._lock:
-            self._verified.add(key)
+            verified.add(key)  # the set of the users it was checked against: a reload drops it
         return True
 
 

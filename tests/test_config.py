@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
 from exporter.config import (
+    MAX_PROJECTS,
     CapResetDayMeans,
     CreditsMode,
     format_duration,
@@ -129,6 +131,26 @@ projects:
         ("projects: [{name: p, bearer_token_file: empty}]", "is empty"),
         ("projects: [{name: p\n", "invalid YAML at line"),
         ("projects: [{name: p, bearer_token_file: token}]\npoll_interval: 5", "duration"),
+        # Unbounded inputs that crashed (a traceback, or a crash loop once serving): review
+        # 2026-11-30.
+        (
+            "projects: [{name: p, bearer_token_file: token, budget_usd: " + "9" * 400 + "}]",
+            "budget_usd: must be at most 1,000,000,000,000",
+        ),
+        (
+            "projects: [{name: p, bearer_token_file: token}]\npricing: {post_read_usd: .inf}",
+            "pricing.post_read_usd: must be at most",
+        ),
+        ("projects: [{name: p, bearer_token_file: token}]\npoll_interval: 10000y", "at most 24h"),
+        ("projects: [{name: p, bearer_token_file: token}]\nrequest_timeout: 25h", "at most 24h"),
+        (
+            "projects: [{name: '" + "n" * 129 + "', bearer_token_file: token}]",
+            "name: must be at most 128 printable characters",
+        ),
+        (
+            'projects: [{name: "a\\nb", bearer_token_file: token}]',
+            "name: must be at most 128 printable characters",
+        ),
     ],
 )
 def test_bad_input_is_refused_with_one_clear_line(tmp_path: Path, text: str, fragment: str) -> None:
@@ -353,3 +375,17 @@ def test_the_exporter_logs_the_warnings_at_start(tmp_path: Path) -> None:
     finally:
         exporter.stop()
     assert "history_days: 7 days cannot hold a whole billing cycle" in log
+
+
+def test_more_projects_than_the_bound_are_refused_at_once(tmp_path: Path) -> None:
+    """25,000 projects took a minute to start and a 13 s scrape (review, 2026-11-30)."""
+    entry = "{name: p%d, bearer_token_file: token}"
+    many = ", ".join(entry % k for k in range(MAX_PROJECTS + 1))
+    started = time.monotonic()
+    problems = _problems(tmp_path, f"projects: [{many}]")
+    assert problems == [
+        f"{tmp_path / 'config.yml'}: projects: 1001 projects: at most 1000 per exporter"
+    ]
+    assert time.monotonic() - started < 10
+    just = ", ".join(entry % k for k in range(MAX_PROJECTS))
+    assert len(load_config(_write(tmp_path, f"projects: [{just}]"), {}).projects) == MAX_PROJECTS

@@ -708,3 +708,59 @@ def test_request_lines_are_logged_escaped() -> None:
     text = stream.getvalue()
     assert "http" in text
     assert "\x1b" not in text and "\x07" not in text and "\r" not in text
+
+
+def test_a_reload_re_reads_the_web_config_users_headers_and_certificate(
+    pki: Pki, simulator: Simulator, tmp_path: Path
+) -> None:
+    """The web config was read once: a user removed from it kept access until a restart, and a
+    broken file was "reloaded" without a word (review, 2026-11-30)."""
+    cert, key = pki.server
+    tls = f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+    alice, bob = ("alice", "alice's password"), ("bob", "bob's password")
+    web = tmp_path / "web.yml"
+
+    def users(*pairs: tuple[str, str]) -> str:
+        return "basic_auth_users:\n" + "".join(f"  {u}: '{_hash(p)}'\n" for u, p in pairs)
+
+    def reload(auth: tuple[str, str]) -> httpx.Response:
+        url = f"{served.url}/-/reload"
+        return httpx.post(url, verify=pki.client_context(), auth=auth, timeout=10)
+
+    def ready(url: str) -> None:
+        answer = httpx.get(f"{url}/-/ready", verify=pki.client_context(), auth=alice, timeout=2)
+        assert answer.status_code == 200
+
+    for served in _serve(tmp_path, simulator, tls + users(alice), ready):
+        assert _get(served, pki, "/metrics", alice).status_code == 200
+        assert _get(served, pki, "/metrics", bob).status_code == 401
+
+        web.write_text(tls + users(bob) + "http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+        answer = reload(alice)
+        assert answer.status_code == 200, answer.text
+        assert _get(served, pki, "/metrics", alice).status_code == 401
+        answer = _get(served, pki, "/metrics", bob)
+        assert answer.status_code == 200
+        assert answer.headers["x-frame-options"] == "deny"
+
+        # A broken file, or a TLS change the open socket cannot take: nothing changes.
+        for broken in (tls + "basic_auth_users: [", tls + "  min_version: TLS13\n" + users(alice)):
+            web.write_text(broken)
+            assert reload(bob).status_code != 200
+            assert _get(served, pki, "/metrics", bob).status_code == 200
+            assert _get(served, pki, "/metrics", alice).status_code == 401
+            metrics = _get(served, pki, "/metrics", bob).text
+            assert "xapi_exporter_config_last_reload_successful 0.0" in metrics
+
+        # A rotated certificate is served to new connections.
+        openssl = require_tool("openssl")
+        new_cert, new_key = _new_cert(openssl, pki.dir, "127.0.0.1-rotated", "ca", "server", 9)
+        web.write_text(
+            f"tls_server_config:\n  cert_file: {new_cert}\n  key_file: {new_key}\n" + users(bob)
+        )
+        assert reload(bob).status_code == 200
+        served_pem = ssl.get_server_certificate(("127.0.0.1", served.exporter.port))
+        assert ssl.PEM_cert_to_DER_cert(served_pem) == ssl.PEM_cert_to_DER_cert(
+            new_cert.read_text()
+        )
+        assert _get(served, pki, "/metrics", bob).status_code == 200
