@@ -340,6 +340,11 @@ def run_backfill(args: argparse.Namespace) -> int:
     if not 60 <= step <= 86400:
         sys.stderr.write(f"{PROG}: error: --step: must be between 1m and 1d\n")
         return EXIT_USAGE
+    out = Path(args.out)
+    # Checked before any request: a bad path must not cost the projects' rate limits first.
+    if not out.name or out.name in {".", ".."} or out.is_dir() or not out.parent.is_dir():
+        sys.stderr.write(f"{PROG}: error: --out: not a file path in an existing directory\n")
+        return EXIT_USAGE
     loaded = _one_shot_fetch(args, _progress_bar)
     if isinstance(loaded, int):
         return loaded
@@ -355,7 +360,6 @@ def run_backfill(args: argparse.Namespace) -> int:
     for note in (item.note for item in built if item.note):
         sys.stderr.write(f"note: {note}\n")
     series = [item for project in built for item in project.series]
-    out = Path(args.out)
     partial = out.with_name(out.name + ".partial")
     try:
         with partial.open("w", encoding="utf-8") as file:

@@ -39,7 +39,9 @@ def seconds(value: float) -> str:
 
 
 def redact(text: str) -> str:
-    for secret in _secrets:
+    with _secrets_lock:  # a poll may register a token while another thread logs
+        secrets = tuple(_secrets)
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
     return text

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,3 +159,40 @@ def test_every_event_and_key_is_in_docs_logging() -> None:
     for event, keys in logged.items():
         assert keys == documented[event], event
         assert keys <= keys_documented, event
+
+
+def test_redaction_while_another_thread_registers_tokens_never_fails() -> None:
+    """redact() walked the token set while a poll added to it: `RuntimeError: Set changed size
+    during iteration` inside a log call (review, 2026-11-30)."""
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def register() -> None:
+        for k in range(20_000):
+            if stop.is_set():
+                return
+            logs.register_secret(f"token-race-{k:012d}")
+
+    def redact() -> None:
+        try:
+            for _ in range(300):
+                assert logs.redact("token-race-000000000001 said hi").endswith(" said hi")
+        except BaseException as exc:  # the test reports whatever it was
+            failures.append(exc)
+
+    writer = threading.Thread(target=register)
+    readers = [threading.Thread(target=redact) for _ in range(2)]
+    writer.start()
+    try:
+        for reader in readers:
+            reader.start()
+        for reader in readers:
+            reader.join()
+    finally:
+        stop.set()
+        writer.join()
+        with logs._secrets_lock:  # the race's tokens would slow every later redaction
+            logs._secrets.difference_update(
+                {s for s in logs._secrets if s.startswith("token-race-")}
+            )
+    assert failures == []

@@ -191,6 +191,24 @@ def test_backfill_refuses_a_bad_step(
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("out", ["", ".", "/", "{tmp}", "{tmp}/no-such-dir/x.om"])
+def test_backfill_refuses_a_bad_out_path_before_asking_the_api(
+    setup: tuple[Simulator, Path, datetime],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    out: str,
+) -> None:
+    """`--out ''`, `.` or `/` ended in a traceback, after every project had been fetched
+    (review, 2026-11-30)."""
+    simulator, config, _ = setup
+    sent = simulator.request_count()
+    args = ["backfill", "--config.file", str(config), "--out", out.format(tmp=tmp_path)]
+    assert main(args) == 2
+    assert simulator.request_count() == sent
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out: not a file path" in err
+
+
 def test_a_report_prints_every_project_that_answered_and_one_line_per_failure(
     setup: tuple[Simulator, Path, datetime],
     tmp_path: Path,
