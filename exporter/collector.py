@@ -223,9 +223,15 @@ class UsageCollector(Collector):
             ["project"],
         )
 
+        overdue = self._store.overdue(now)
         for name, state in sorted(self._store.states.items()):
             self._exporter_series(
-                name, state, success, poll_error, last_success, duration, requests, errors
+                name,
+                state,
+                name in overdue,
+                (success, poll_error, last_success, duration),
+                requests,
+                errors,
             )
             if state.status.rate_limit_remaining is not None:
                 remaining.add_metric([name], state.status.rate_limit_remaining)
@@ -329,18 +335,20 @@ class UsageCollector(Collector):
     def _exporter_series(
         name: str,
         state: ProjectState,
-        success: GaugeMetricFamily,
-        poll_error: GaugeMetricFamily,
-        last_success: GaugeMetricFamily,
-        duration: GaugeMetricFamily,
+        overdue: bool,
+        gauges: tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily],
         requests: CounterMetricFamily,
         errors: CounterMetricFamily,
     ) -> None:
+        success, poll_error, last_success, duration = gauges
         status = state.status
-        if status.success is not None:
-            success.add_metric([name], 1 if status.success else 0)
+        # A poll still running past its deadline has failed, as far as anyone can tell: shown
+        # so at once, not when (if ever) it ends.
+        failed_reason = Reason.TIMEOUT.value if overdue else status.error_reason
+        if status.success is not None or overdue:
+            success.add_metric([name], 0 if overdue or not status.success else 1)
             for reason in POLL_REASONS:
-                poll_error.add_metric([name, reason], 1 if status.error_reason == reason else 0)
+                poll_error.add_metric([name, reason], 1 if failed_reason == reason else 0)
         if status.last_success is not None:
             last_success.add_metric([name], status.last_success.timestamp())
         if status.duration is not None:

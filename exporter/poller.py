@@ -97,6 +97,12 @@ class Slot:
             if project is not None:
                 self._store.put(replace(state, project=project))
 
+    def poll_started(self, name: str, deadline: datetime) -> object:
+        return self._store.poll_started(name, deadline)
+
+    def poll_ended(self, name: str, mark: object) -> None:
+        self._store.poll_ended(name, mark)
+
 
 @dataclass(frozen=True, slots=True)
 class _Blocked:
@@ -143,12 +149,26 @@ class ProjectPoller:
     def client(self) -> XApiClient:
         return self._client
 
+    @property
+    def budget(self) -> float:
+        """Seconds one poll may take, retries included."""
+        return max(self.config.poll_interval * 0.9, self.config.request_timeout)
+
     def poll(self) -> None:
         """One poll; never raises (the job must survive anything the upstream does)."""
+        now = self._clock()
+        # Until it ends, the store knows by when it should have: past that, the collector
+        # shows it failed, even if the thread hangs where no timeout reaches.
+        mark = self._store.poll_started(self.project.name, now + timedelta(seconds=self.budget))
+        try:
+            self._poll(now)
+        finally:
+            self._store.poll_ended(self.project.name, mark)
+
+    def _poll(self, now: datetime) -> None:
         started = time.monotonic()
         previous = self._store.states.get(self.project.name) or ProjectState(self.project)
         attempts: list[Attempt] = []
-        now = self._clock()
         usage: UsageSnapshot | None = previous.usage
         credits = previous.credits
         reason: str | None = None
@@ -243,9 +263,7 @@ class ProjectPoller:
             reset = datetime.fromtimestamp(self.blocked_until, UTC).isoformat()
             raise UpstreamError(Reason.RATE_LIMITED, f"rate limited: no request before {reset}")
         token = read_token(self.project.token)
-        deadline = time.monotonic() + max(
-            self.config.poll_interval * 0.9, self.config.request_timeout
-        )
+        deadline = time.monotonic() + self.budget
         report = fetch_usage(
             self._client, token, self.config.history_days, deadline=deadline, attempts=attempts
         )

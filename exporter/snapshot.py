@@ -168,6 +168,9 @@ class Store:
         self._states: Mapping[str, ProjectState] = MappingProxyType({})
         self._config_status = config_status
         self._generation = 0
+        # Project name -> when its poll in flight should have ended, and the poll's mark (copied
+        # on write, so that readers need no lock).
+        self._deadlines: Mapping[str, tuple[datetime, object]] = MappingProxyType({})
 
     @property
     def states(self) -> Mapping[str, ProjectState]:
@@ -188,6 +191,27 @@ class Store:
             states[state.project.name] = state
             self._states = MappingProxyType(states)
             self._generation += 1
+
+    def poll_started(self, name: str, deadline: datetime) -> object:
+        """Note a poll in flight; returns the mark poll_ended() takes, so that the end of a poll
+        a reload replaced does not clear its successor's."""
+        mark = object()
+        with self._lock:
+            self._deadlines = MappingProxyType({**self._deadlines, name: (deadline, mark)})
+        return mark
+
+    def poll_ended(self, name: str, mark: object) -> None:
+        with self._lock:
+            if name in self._deadlines and self._deadlines[name][1] is mark:
+                deadlines = dict(self._deadlines)
+                del deadlines[name]
+                self._deadlines = MappingProxyType(deadlines)
+
+    def overdue(self, now: datetime) -> frozenset[str]:
+        """The projects whose poll is still running past its deadline (hung in a name lookup,
+        a handshake, anything the request timeout does not reach): failed, as far as anyone
+        waiting for it can tell."""
+        return frozenset(name for name, (deadline, _) in self._deadlines.items() if now >= deadline)
 
     def retain(self, names: set[str]) -> None:
         """Forget the projects that are no longer configured."""

@@ -80,10 +80,12 @@ class Routes:
 
 
 class MetricsCache:
-    """Renders the exposition once per store change and UTC day, whatever the scrape rate.
+    """Renders the exposition once per store change, UTC day and set of overdue polls, whatever
+    the scrape rate.
 
-    What the collector yields depends only on the store and on the UTC date (cycle ends and day
-    boundaries both fall at 00:00 UTC), so that pair is an exact cache key.
+    What the collector yields depends only on the store, on the UTC date (cycle ends and day
+    boundaries both fall at 00:00 UTC) and on which polls run past their deadline, so that
+    triple is an exact cache key.
     """
 
     def __init__(
@@ -93,13 +95,14 @@ class MetricsCache:
         self._store = store
         self._clock = clock
         self._lock = threading.Lock()
-        self._key: tuple[int, object] | None = None
+        self._key: tuple[int, object, frozenset[str]] | None = None
         self._rendered: dict[str, tuple[bytes, bytes]] = {}
 
     def render(self, accept: str) -> tuple[bytes, str, bytes]:
         """(body, content type, gzipped body) for an Accept header."""
         encoder, content_type = negotiate(accept)
-        key = (self._store.generation, self._clock().date())
+        now = self._clock()
+        key = (self._store.generation, now.date(), self._store.overdue(now))
         with self._lock:
             if key != self._key:
                 self._key = key

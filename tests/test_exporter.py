@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from prometheus_client import generate_latest
 from exporter import landing
 from exporter.errors import Reason
 from exporter.simulator import Fault, SimProject
+from exporter.web import MetricsCache
 from tests.conftest import find_token_fragments, register_test_token
 from tests.harness import NOW, FakeClock, running, sim_project
 
@@ -319,6 +321,39 @@ def test_a_token_that_cannot_be_a_header_fails_as_token_and_is_never_shown(
         assert "not a bearer token" in page
         shown = page + caplog.text + (h.store.states["p0"].status.error_message or "")
         assert find_token_fragments(shown, set(content.split())) == []
+
+
+def test_a_poll_running_past_its_deadline_shows_failed_at_once(tmp_path: Path) -> None:
+    """A poll hung where no timeout reaches (a name lookup) left poll_success at 1 until it
+    ended, if ever (review, 2026-11-30): past its deadline it now shows failed, reason timeout,
+    on /metrics too."""
+    with running(_projects(), tmp_path) as h:
+        h.start(h.config(credits="off")).poll()
+        cache = MetricsCache(h.registry, h.store, h.clock)
+        assert h.value("xapi_exporter_poll_success", project="p0") == 1
+        h.simulator.set_fault(Fault.SLOW, project_id="1001", delay=1.5)
+        sent = h.simulator.request_count()
+        poll = threading.Thread(target=h.poll)
+        poll.start()
+        try:
+            deadline = time.monotonic() + 10
+            while h.simulator.request_count() == sent:  # p0's request is being answered slowly
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert h.value("xapi_exporter_poll_success", project="p0") == 1  # within its budget
+            before = cache.render("")[0]
+            h.clock.now += timedelta(minutes=5)  # the budget is 0.9 x poll_interval: 4.5 min
+            assert h.value("xapi_exporter_poll_success", project="p0") == 0
+            assert h.value("xapi_exporter_poll_error", project="p0", reason="timeout") == 1
+            assert h.value("xapi_exporter_poll_error", project="p0", reason="network") == 0
+            after = cache.render("")[0]
+            assert b'xapi_exporter_poll_success{project="p0"} 0.0' in after
+            assert b'xapi_exporter_poll_success{project="p0"} 1.0' in before
+        finally:
+            poll.join()
+        # It did end, and well: its own result stands.
+        assert h.value("xapi_exporter_poll_success", project="p0") == 1
+        assert h.value("xapi_exporter_poll_error", project="p0", reason="timeout") == 0
 
 
 def test_the_old_cycle_is_never_served_as_the_new_one(tmp_path: Path) -> None:
