@@ -177,7 +177,7 @@ def history(trace: Trace) -> History:
     budget = target("budget", 2) * PRICE
     limit = target("spending_limit", 4) * PRICE
     history_trace = backtest_sources.trace_history(
-        trace.daily,
+        _refused_past(trace.daily, trace.cycle_start, cap),
         {},
         cap=cap,
         reset_day=trace.cycle_start.day,
@@ -193,6 +193,20 @@ def history(trace: Trace) -> History:
         post_read_usd=PRICE,
         start=midnight(trace.cycle_start),
     )
+
+
+def _refused_past(daily: dict[date, int], cycle_start: date, cap: int) -> dict[date, int]:
+    """The trace as the X API would serve it: reads are refused once the judged cycle reaches
+    its cap, so the days after the one that reaches it are 0. That day is kept whole, so that
+    the cap is reached at the same instant as in the trace (its rest is the overshoot of a day;
+    cut short, it would be spread over the whole day and reach the cap later). The days before
+    the cycle are left as they are: as if the cap had been higher then."""
+    served = dict(daily)
+    total = 0
+    for day in sorted(d for d in daily if d >= cycle_start):
+        served[day] = daily[day] if total < cap else 0
+        total += served[day]
+    return served
 
 
 @dataclass

@@ -99,6 +99,14 @@ def spend_usd(posts: float, post_read_usd: float) -> float:
     return posts * post_read_usd
 
 
+def billable_projection(projected: float, consumed: float, cap: int | None) -> float:
+    """The Posts a cycle's projected spend can come from: the X API refuses reads past the cap,
+    so a projection beyond it spends no more than the cap (or than what is consumed already)."""
+    if cap is None or cap <= 0:
+        return projected
+    return max(consumed, min(projected, cap))
+
+
 def reward_ratio(spend: float) -> float:
     """The xAI credit reward rate reached by this cycle's cumulative spend."""
     for threshold, ratio in REWARD_TIERS:

@@ -123,7 +123,9 @@ def project_line(
         cap=report.cap,
         spend_usd=billing.spend_usd(posts, price),
         projected_posts=projected,
-        projected_spend_usd=billing.spend_usd(projected, price),
+        projected_spend_usd=billing.spend_usd(
+            billing.billable_projection(projected, posts, report.cap), price
+        ),
         days_left=days_left,
         budget_usd=project.budget_usd,
         spending_limit_usd=project.spending_limit_usd,

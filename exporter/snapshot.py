@@ -70,7 +70,8 @@ class UsageSnapshot:
 
     @property
     def projected_spend(self) -> float:
-        return billing.spend_usd(self.forecast.projected, self.post_read_usd)
+        posts = billing.billable_projection(self.forecast.projected, self.consumed, self.cap)
+        return billing.spend_usd(posts, self.post_read_usd)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ import pytest
 
 from exporter.billing import (
     Cycle,
+    billable_projection,
     credits_depletion,
     cycle_for,
     cycle_of,
@@ -220,3 +221,39 @@ def test_no_spend_in_the_window_is_no_depletion_time() -> None:
     daily = {date(2026, 11, 22): 0, date(2026, 11, 21): 0, date(2026, 11, 23): 0}
     assert credits_depletion(200.0, daily, now, 0.005) is None
     assert credits_depletion(200.0, {date(2026, 11, 23): 0}, now, 0.005) is None
+
+
+@pytest.mark.parametrize(
+    ("projected", "consumed", "cap", "billable"),
+    [
+        (2_600_000, 1_200_000, 2_000_000, 2_000_000),  # reads stop at the cap
+        (1_500_000, 1_200_000, 2_000_000, 1_500_000),  # below it: the projection
+        (2_100_000, 2_050_000, 2_000_000, 2_050_000),  # already past it: what was read
+        (2_600_000, 1_200_000, None, 2_600_000),  # no cap known: the projection
+    ],
+)
+def test_projected_spend_stops_at_the_cap(
+    projected: float, consumed: float, cap: int | None, billable: float
+) -> None:
+    """Projected spend was Posts projected past the cap x price: budget and spending-limit
+    pages for money the X API cannot bill (review, 2026-11-30)."""
+    assert billable_projection(projected, consumed, cap) == billable
+
+
+def test_a_snapshot_projects_no_spend_past_the_cap() -> None:
+    answer = {
+        "data": {
+            "project_cap": "1000",
+            "cap_reset_day": 1,
+            "project_usage": "900",
+            "daily_project_usage": [
+                {"date": f"2026-11-{d:02d}", "usage": "100"} for d in range(1, 10)
+            ],
+        }
+    }
+    now = datetime(2026, 11, 10, 12, tzinfo=UTC)
+    usage = build_usage(
+        parse_usage(answer), now=now, means=CapResetDayMeans.DAY_OF_MONTH, post_read_usd=0.005
+    )
+    assert usage.forecast.projected > 2_000  # 100 a day for 20 more days
+    assert usage.projected_spend == pytest.approx(1_000 * 0.005)
