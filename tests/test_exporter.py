@@ -356,6 +356,27 @@ def test_a_poll_running_past_its_deadline_shows_failed_at_once(tmp_path: Path) -
         assert h.value("xapi_exporter_poll_error", project="p0", reason="timeout") == 0
 
 
+def test_a_first_poll_running_past_its_deadline_shows_failed_too(tmp_path: Path) -> None:
+    """A configured project has its (empty) state from the start, so a hung first poll shows."""
+    with running(_projects(), tmp_path) as h:
+        h.start(h.config(credits="off"))
+        h.simulator.set_fault(Fault.SLOW, project_id="1001", delay=1.5)
+        poll = threading.Thread(target=h.poll)
+        poll.start()
+        try:
+            deadline = time.monotonic() + 10
+            while h.simulator.request_count() == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            assert h.value("xapi_exporter_poll_success", project="p0") is None  # running
+            h.clock.now += timedelta(minutes=5)
+            assert h.value("xapi_exporter_poll_success", project="p0") == 0
+            assert h.value("xapi_exporter_poll_error", project="p0", reason="timeout") == 1
+        finally:
+            poll.join()
+        assert h.value("xapi_exporter_poll_success", project="p0") == 1
+
+
 def test_the_old_cycle_is_never_served_as_the_new_one(tmp_path: Path) -> None:
     clock = FakeClock(datetime(2026, 12, 9, 23, 50, tzinfo=UTC))
     with running(_projects(), tmp_path, clock) as h:

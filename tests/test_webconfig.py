@@ -735,7 +735,8 @@ def test_a_reload_re_reads_the_web_config_users_headers_and_certificate(
         assert _get(served, pki, "/metrics", alice).status_code == 200
         assert _get(served, pki, "/metrics", bob).status_code == 401
 
-        web.write_text(tls + users(bob) + "http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+        headers = "http_server_config:\n  headers:\n    X-Frame-Options: deny\n"
+        web.write_text(tls + users(bob) + headers)
         answer = reload(alice)
         assert answer.status_code == 200, answer.text
         assert _get(served, pki, "/metrics", alice).status_code == 401
