@@ -18,7 +18,7 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -493,7 +493,7 @@ def test_a_reset_beyond_any_date_is_a_bounded_wait_not_a_parse_error_at_every_po
 def test_a_credits_rate_limit_holds_back_the_next_credits_request(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(poller_module, "CREDITS_MIN_INTERVAL", 0.0)  # ask at every poll
+    monkeypatch.setattr(poller_module, "CREDITS_MIN_INTERVAL", timedelta(0))  # ask every poll
 
     class CreditsLimited(Simulator):
         def handle(
