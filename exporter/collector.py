@@ -184,6 +184,12 @@ class UsageCollector(Collector):
             "/2/usage/credits fails.",
             ["project"],
         )
+        configured = f.gauge(
+            "xapi_exporter_project_configured_timestamp_seconds",
+            "When this process began polling the project; reloads that keep it keep the time.",
+            ["project"],
+            CURRENT,
+        )
         success = f.gauge(
             "xapi_exporter_poll_success", "1 if the last poll succeeded.", ["project"]
         )
@@ -225,6 +231,8 @@ class UsageCollector(Collector):
 
         overdue = self._store.overdue(now)
         for name, state in sorted(self._store.states.items()):
+            if state.configured_at is not None:
+                configured.add_metric([name], state.configured_at.timestamp())
             self._exporter_series(
                 name,
                 state,

@@ -439,9 +439,10 @@ class Poller:
                 poller.retired = pollers.get(name) is not poller
             self._store.retain(set(pollers))
             self._pollers = pollers
+            now = self._clock()
             for name, poller in pollers.items():
                 if name not in self._store.states:
-                    self._store.put(ProjectState(poller.project))
+                    self._store.put(ProjectState(poller.project, configured_at=now))
         self._changed = changed
         self._client = client
         self.config = config

@@ -111,6 +111,8 @@ class ProjectState:
     status: PollStatus = PollStatus()
     requests: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (endpoint, code)
     errors: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (endpoint, reason)
+    # When this process began polling the project; a reload that keeps the project keeps it.
+    configured_at: datetime | None = None
 
 
 def build_usage(

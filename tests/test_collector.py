@@ -51,6 +51,7 @@ def _store() -> Store:
             ),
             requests={("usage", "200"): 9, ("usage", "503"): 2, ("credits", "200"): 3},
             errors={("usage", "server_error"): 2},
+            configured_at=TAKEN - timedelta(days=3),
         )
     )
     return store
@@ -102,6 +103,7 @@ def test_help_texts_say_the_values_are_cached_and_no_sample_has_a_timestamp() ->
         "xapi_exporter_poll_interval_seconds",
         "xapi_exporter_config_last_reload_successful",
         "xapi_exporter_config_last_reload_success_timestamp_seconds",
+        "xapi_exporter_project_configured_timestamp_seconds",
     }
     for line in helps:
         name = line.split()[2]

@@ -53,6 +53,8 @@ PROCESS_WIDE = {
 NOT_ON_A_PANEL = {
     "xapi_project_info",  # feeds the `project` variable
     "xapi_project_cap_reset_day",  # the raw API value; the cycle start/end panels show its meaning
+    # times XApiUsageDataStale for a project that never succeeded; "Data age" says the rest
+    "xapi_exporter_project_configured_timestamp_seconds",
 }
 
 # PromQL functions and aggregations of Prometheus 2.42 that need no feature flag. The native

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -150,3 +151,29 @@ def test_a_reload_that_replaces_the_client_lets_the_running_poll_finish(
 
 def _fields(config: Any) -> dict[str, Any]:
     return {name: getattr(config, name) for name in config.__dataclass_fields__}
+
+
+def test_a_reload_keeps_the_time_a_kept_project_began_and_dates_an_added_one(
+    tmp_path: Path,
+) -> None:
+    """XApiUsageDataStale timed a project that never succeeded from the exporter-wide reload
+    time: every reload silenced it for 35 minutes (review, 2026-11-30)."""
+    name = "xapi_exporter_project_configured_timestamp_seconds"
+    with held(tmp_path, "1001", "2002") as (harness, _):
+        full = harness.config()
+        only_p0 = type(full)(**{**_fields(full), "projects": full.projects[:1]})
+        started = harness.clock.now.timestamp()
+        harness.start(only_p0)
+        assert harness.value(name, project="p0") == started
+        assert harness.value(name, project="p1") is None
+
+        harness.clock.now += timedelta(hours=1)
+        harness.poller.reload(full)  # p0 kept (its settings unchanged), p1 added
+        assert harness.value(name, project="p0") == started
+        assert harness.value(name, project="p1") == started + 3600
+
+        harness.clock.now += timedelta(hours=1)
+        changed = harness.config(poll_interval="10m")  # a global change replaces every poller
+        harness.poller.reload(changed)
+        assert harness.value(name, project="p0") == started
+        assert harness.value(name, project="p1") == started + 3600
