@@ -100,24 +100,41 @@ def inline_recording_rules(expr: str, recording: Mapping[str, str], where: str) 
     replayed history has no recorded series for the past. A recording rule's series at time t is
     its expression evaluated at t (the thresholds group runs before the alerts, as in the promtool
     tests), so the inlined expression gives the alert the same values, still computed by
-    Prometheus. A reference with label matchers or a range cannot be inlined and is refused.
+    Prometheus. A range over a rule whose expression is a plain selector is inlined as that
+    selector with the range; any other range, and label matchers, cannot be and are refused.
     """
     for _ in range(len(recording) + 1):
         changed = False
         for name, body in recording.items():
-            pattern = re.compile(rf"(?<![\w:]){re.escape(name)}(?![\w:])(\s*[{{\[])?")
-            for match in pattern.finditer(expr):
-                if match.group(1):
-                    raise RulesError(
-                        f"{where}: uses recording rule {name} with matchers or a range; "
-                        "the backtest can only inline plain references"
-                    )
-            new = pattern.sub(f"({body})".replace("\\", "\\\\"), expr)
+            new = _inline(expr, name, body, where)
             changed = changed or new != expr
             expr = new
         if not changed:
             return expr
     raise RulesError(f"{where}: recording rules refer to each other in a loop")
+
+
+# A metric name with optional label matchers: what a range may follow.
+_PLAIN_SELECTOR = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*\s*(\{[^{}]*\})?")
+
+
+def _inline(expr: str, name: str, body: str, where: str) -> str:
+    """`expr` with every reference to the recording rule `name` replaced by its `body`."""
+    pattern = re.compile(rf"(?<![\w:]){re.escape(name)}(?![\w:])(\s*[{{\[])?")
+    selector = _PLAIN_SELECTOR.fullmatch(body.strip()) is not None
+
+    def inlined(match: re.Match[str]) -> str:
+        opener = match.group(1)
+        if opener is None:
+            return f"({body})"
+        if opener.strip() == "[" and selector:
+            return body.strip() + opener  # `up{job=~"..."}[1h]` is still a selector
+        raise RulesError(
+            f"{where}: uses recording rule {name} with matchers, or a range over an expression; "
+            "the backtest can only inline plain references"
+        )
+
+    return pattern.sub(inlined, expr)
 
 
 def alert_metric_names(rules: Iterable[AlertRule]) -> set[str]:

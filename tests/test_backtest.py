@@ -17,7 +17,14 @@ import pytest
 import yaml
 
 from exporter import backtest, backtest_sources
-from exporter.alert_eval import AlertRule, firings, free_port, load_rules
+from exporter.alert_eval import (
+    AlertRule,
+    RulesError,
+    firings,
+    free_port,
+    inline_recording_rules,
+    load_rules,
+)
 from exporter.cli import main
 from exporter.client import XApiClient, fetch_usage
 from exporter.simulator import Simulator
@@ -205,6 +212,20 @@ def test_recording_rules_are_inlined_and_a_user_override_is_used(tmp_path: Path)
     overridden = load_rules([SHIPPED[0], own])
     forecast = next(r for r in overridden if r.name == "XApiPostCapProjectedExhaustion")
     assert "(vector(0.4))" in forecast.expr and "vector(0.25)" not in forecast.expr
+
+
+def test_a_range_over_a_recorded_selector_is_inlined_and_over_an_expression_refused() -> None:
+    """XApiExporterDown takes max_over_time over xapi:alert_exporter_target:up; the backtest
+    refused any range over a recording rule (2026-11-30)."""
+    recording = {"t:up": 'up{job=~".*x.*"}', "t:ratio": "a / b"}
+    assert (
+        inline_recording_rules("max_over_time(t:up[1h]) or t:up", recording, "alert A")
+        == 'max_over_time(up{job=~".*x.*"}[1h]) or (up{job=~".*x.*"})'
+    )
+    with pytest.raises(RulesError, match="alert A: uses recording rule t:ratio"):
+        inline_recording_rules("max_over_time(t:ratio[1h])", recording, "alert A")
+    with pytest.raises(RulesError, match="alert A: uses recording rule t:up with matchers"):
+        inline_recording_rules('t:up{job="y"}', recording, "alert A")
 
 
 # --- judged traces, end to end with promtool and prometheus -----------------------------------
