@@ -94,7 +94,7 @@ class WebConfig:
             context.load_verify_locations(cafile=str(self.tls.client_ca_file))
         return context
 
-    def wrap(self, app: WsgiApp) -> WsgiApp:
+    def wrap(self, app: WsgiApp) -> _Guard:
         """The app behind basic auth (when users are configured) and the configured headers."""
         return _Guard(app, self.users, self.headers)
 
@@ -116,7 +116,7 @@ class LiveWebConfig:
         return self._context
 
     def wrap(self, app: WsgiApp) -> WsgiApp:
-        guard = _Guard(app, self._config.users, self._config.headers)
+        guard = self._config.wrap(app)
         self._guards.append(guard)
         return guard
 
@@ -130,10 +130,15 @@ class LiveWebConfig:
             )
         context = self._context
         if new_tls is not None and context is not None:
-            new.ssl_context()  # every file readable and matching before the live context changes
-            context.load_cert_chain(new_tls.cert_file, new_tls.key_file, password=_no_password)
-            if new_tls.client_ca_file is not None:
-                context.load_verify_locations(cafile=str(new_tls.client_ca_file))
+            # load() has built a context from these files already: they are readable and match.
+            try:
+                context.load_cert_chain(new_tls.cert_file, new_tls.key_file, password=_no_password)
+                if new_tls.client_ca_file is not None:
+                    context.load_verify_locations(cafile=str(new_tls.client_ca_file))
+            except (OSError, ValueError) as exc:  # a file changed again since: say so, as load()
+                raise ConfigError(
+                    [f"{self._path}: tls_server_config: {_ssl_reason(exc)}"]
+                ) from None
         for guard in self._guards:
             guard.update(new.users, new.headers)
         self._config = new
