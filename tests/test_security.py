@@ -697,3 +697,53 @@ def test_eleven_stuck_polls_leave_a_twelfth_project_its_connection(tmp_path: Pat
         harness.poller.stop()
     finally:
         simulator.stop()
+
+
+def test_configs_beyond_the_bounds_fail_their_reload_quickly_and_the_exporter_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    """The bounds of 2026-11-30 (docs/security.md): each config sends more than one of them.
+    A 400-digit budget was a traceback, `10000y` a crash loop, 25,000 projects a minute's start
+    and a 13 s scrape, a 900,000-character name a 66 MB /metrics."""
+    simulator = Simulator([sim_project("1001", _token(94), credits=None)])
+    simulator.start()
+    try:
+        good = _config(tmp_path, simulator, {"1001": "p0"}, f"poll_interval: 1s\n{QUIET}")
+        text = good.read_text()
+        head = text.partition("projects:\n")[0]
+        beyond = {
+            "projects: 1001 projects: at most 1000": head
+            + "projects:\n"
+            + "".join(f"  - {{name: x{k}, bearer_token_file: nope}}\n" for k in range(1001)),
+            "budget_usd: must be at most": text.replace(
+                "bearer_token_file:", "budget_usd: " + "9" * 400 + ", bearer_token_file:"
+            ),
+            "poll_interval: must be at most 24h": text.replace(
+                "poll_interval: 1s", "poll_interval: 10000y"
+            ),
+            "name: must be at most 128 printable": text.replace(
+                "name: p0", "name: " + "n" * 900_000
+            ),
+        }
+        exporter = Exporter("--config.file", str(good))
+        try:
+            exporter.wait_ready()
+            for fragment, config_text in beyond.items():
+                good.write_text(config_text)
+                started = time.monotonic()
+                answer = httpx.post(f"{exporter.url}/-/reload", timeout=30)
+                took = time.monotonic() - started
+                assert answer.status_code == 500 and fragment in answer.text, answer.text[:300]
+                assert len(answer.text) < 4096
+                assert took < 5, f"{fragment}: {took:.1f}s"
+                scrape = httpx.get(f"{exporter.url}/metrics", timeout=10)
+                assert scrape.status_code == 200
+                assert "xapi_exporter_config_last_reload_successful 0.0" in scrape.text
+                assert 'xapi_exporter_poll_success{project="p0"} 1.0' in scrape.text
+            assert peak_rss(exporter.proc.pid) < RSS_CEILING
+            good.write_text(text)
+            assert httpx.post(f"{exporter.url}/-/reload", timeout=10).status_code == 200
+        finally:
+            assert exporter.stop() == 0
+    finally:
+        simulator.stop()
