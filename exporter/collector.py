@@ -292,7 +292,7 @@ class UsageCollector(Collector):
                 newest.add_metric(labels, usage.newest_day_timestamp)
             if usage.daily_baseline is not None:
                 baseline.add_metric(labels, usage.daily_baseline)
-            if now.date() == usage.today:
+            if now.date() == usage.today and usage.consumed_today is not None:
                 today.add_metric(labels, usage.consumed_today)
                 for app in usage.apps:
                     app_today.add_metric([*labels, app.app_id], app.today)

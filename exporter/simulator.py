@@ -66,6 +66,8 @@ class SimProject:
     numbers_as_strings: bool = True
     with_nulls: bool = False  # null usage on quiet days, null client_app_id on one App
     extra_fields: bool = True  # unknown fields the exporter must ignore
+    # Documented fields left out even when asked for: real answers lack some (SPEC 1a).
+    omitted_fields: frozenset[str] = frozenset()
     credits: dict[str, float] | None = field(
         default_factory=lambda: {"prepaid_balance": 250.0, "free_balance": 25.0}
     )
@@ -117,6 +119,12 @@ class SimProject:
             self.add_posts(now, missing)
 
     def answer(self, now: datetime, days: int, fields: set[str]) -> dict[str, Any]:
+        answer = self._answer(now, days, fields)
+        for name in self.omitted_fields:
+            answer["data"].pop(name, None)
+        return answer
+
+    def _answer(self, now: datetime, days: int, fields: set[str]) -> dict[str, Any]:
         daily = self.daily(now, days)
         number = str if self.numbers_as_strings else int
         if self.shape == "overview":

@@ -35,7 +35,7 @@ class UsageSnapshot:
     cap: int | None
     cap_reset_day: int | None  # raw, as the API sent it
     consumed: int
-    consumed_today: int
+    consumed_today: int | None  # None: the answer listed no day, so today's share is unknown
     daily_baseline: float | None
     forecast: Forecast
     post_read_usd: float
@@ -144,7 +144,9 @@ def build_usage(
         cap=report.cap,
         cap_reset_day=report.cap_reset_day,
         consumed=consumed,
-        consumed_today=daily.get(today, 0),
+        # The API lists days up to the last one with usage, so a list without today means none
+        # today; an answer without any day says nothing of today unless the cycle has no usage.
+        consumed_today=daily.get(today, 0) if daily or consumed == 0 else None,
         daily_baseline=daily_baseline(daily, today),
         forecast=forecast,
         post_read_usd=post_read_usd,

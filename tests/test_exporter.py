@@ -421,6 +421,26 @@ def test_the_overview_page_shape_is_summed_over_the_calendar_month(tmp_path: Pat
         assert h.value("xapi_project_cycle_start_timestamp_seconds", **labels) == start
 
 
+def test_an_answer_without_days_leaves_today_absent_not_zero(tmp_path: Path) -> None:
+    """Only `project_usage` came back: the cycle's total is known, today's share of it is not."""
+    days = frozenset({"daily_project_usage", "daily_client_app_usage"})
+    bare = sim_project("1001", "token-aaaaaaaaaaaaaaaaaaaaaaaa", omitted_fields=days)
+    with running([bare], tmp_path) as h:
+        h.start().poll()
+        labels = {"project": "p0", "project_id": "1001"}
+        assert bare.consumed_today(NOW) > 0
+        assert h.value("xapi_project_posts_consumed", **labels) == bare.consumed(NOW)
+        for name in (
+            "xapi_project_posts_consumed_today",
+            "xapi_project_posts_consumed_daily_baseline",
+            "xapi_project_data_newest_day_timestamp_seconds",
+        ):
+            assert h.value(name, **labels) is None, name
+        for field in days:
+            assert h.value("xapi_exporter_response_missing_field", project="p0", field=field) == 1
+        assert h.value("xapi_exporter_poll_success", project="p0") == 1
+
+
 def test_integers_nulls_and_unknown_fields_parse_to_the_same_numbers(tmp_path: Path) -> None:
     plain = sim_project("1001", "token-aaaaaaaaaaaaaaaaaaaaaaaa", numbers_as_strings=False)
     with running([plain], tmp_path) as h:

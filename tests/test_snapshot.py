@@ -123,3 +123,15 @@ def test_a_day_the_answer_has_not_reached_yet_counts_nothing_today() -> None:
     usage = build_usage(report, now=now, means=DOM, post_read_usd=0.005)
     assert usage.consumed_today == 0
     assert [(app.app_id, app.consumed, app.today) for app in usage.apps] == [("7", 5, 0)]
+
+
+def test_without_any_day_today_is_known_only_for_a_cycle_without_usage() -> None:
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    used = build_usage(_report(project_usage=5), now=now, means=DOM, post_read_usd=0.005)
+    assert used.consumed == 5 and used.consumed_today is None
+    idle = build_usage(_report(project_usage=0), now=now, means=DOM, post_read_usd=0.005)
+    assert idle.consumed_today == 0
+    # Days older than the 90 the API returns are not usage data: they do not make today known.
+    stale = {now.date() - timedelta(days=120): 9}
+    old = build_usage(_report(project_usage=5, daily=stale), now=now, means=DOM, post_read_usd=0)
+    assert old.consumed_today is None
