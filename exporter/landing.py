@@ -26,8 +26,15 @@ svg{width:100%;height:auto;display:block}.k{font-size:13px;color:#5b6575}
 """
 
 
-def render(states: Mapping[str, ProjectState], now: datetime, metrics_path: str) -> str:
-    sections = [_project(state, now) for _, state in sorted(states.items())]
+def render(
+    states: Mapping[str, ProjectState],
+    now: datetime,
+    metrics_path: str,
+    *,
+    overdue: frozenset[str],
+) -> str:
+    """`overdue`: the projects whose poll is still running past its deadline (Store.overdue)."""
+    sections = [_project(state, now, name in overdue) for name, state in sorted(states.items())]
     body = "".join(sections) or "<section><p>No project is configured.</p></section>"
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
@@ -41,9 +48,9 @@ def render(states: Mapping[str, ProjectState], now: datetime, metrics_path: str)
     )
 
 
-def _project(state: ProjectState, now: datetime) -> str:
+def _project(state: ProjectState, now: datetime, overdue: bool) -> str:
     name = escape(state.project.name)
-    status = _status_line(state, now)
+    status = _status_line(state, now, overdue)
     usage = state.usage
     if usage is None:
         return f"<section><h2>{name}</h2>{status}<p>No usage data yet.</p></section>"
@@ -60,13 +67,19 @@ def _project(state: ProjectState, now: datetime) -> str:
     )
 
 
-def _status_line(state: ProjectState, now: datetime) -> str:
+def _status_line(state: ProjectState, now: datetime, overdue: bool) -> str:
     status = state.status
-    if status.success is None:
-        return '<p class="meta">First poll running.</p>'
     fresh = "never"
     if status.last_success is not None:
         fresh = f"{_ago(now - status.last_success)} ago"
+    if overdue:
+        # As on /metrics: a poll past its deadline has failed, as far as anyone waiting can tell.
+        return (
+            '<p class="meta"><span class="bad">Poll failed (timeout)</span>: still running past '
+            f"its deadline · last good data {fresh}</p>"
+        )
+    if status.success is None:
+        return '<p class="meta">First poll running.</p>'
     if status.success:
         return f'<p class="meta"><span class="ok">Last poll OK</span> · data from {fresh}</p>'
     # The same blocked states as the metrics: a cap flag ends with the cycle it was seen in.

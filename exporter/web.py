@@ -184,8 +184,12 @@ class App:
                 start_response, "503 Service Unavailable", "Not ready: first polls running\n"
             )
         if path == "/":
+            now = self._clock()
             page = landing.render(
-                self._store.states, self._clock(), self._routes.telemetry_path
+                self._store.states,
+                now,
+                self._routes.telemetry_path,
+                overdue=self._store.overdue(now),
             ).encode()
             start_response(
                 "200 OK",

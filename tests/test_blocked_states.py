@@ -71,7 +71,9 @@ def test_credits_depleted_is_its_own_reason_and_a_blocked_state_from_the_first_p
         h.poll()
         assert h.value("xapi_project_credits_depleted", **KNOWN) == 1
         assert h.value("xapi_project_posts_consumed", **KNOWN) is not None  # last good values
-        assert DEPLETED_TEXT in landing.render(h.store.states, h.clock.now, "/metrics")
+        assert DEPLETED_TEXT in landing.render(
+            h.store.states, h.clock.now, "/metrics", overdue=frozenset()
+        )
 
 
 def test_the_capped_flag_of_an_ended_cycle_is_not_served_in_the_new_one(tmp_path: Path) -> None:
@@ -81,12 +83,16 @@ def test_the_capped_flag_of_an_ended_cycle_is_not_served_in_the_new_one(tmp_path
         h.simulator.set_fault(Fault.USAGE_CAPPED, project_id="1001")
         h.poll()
         assert h.value("xapi_project_usage_capped", **KNOWN) == 1
-        assert CAPPED_TEXT in landing.render(h.store.states, clock.now, "/metrics")
+        assert CAPPED_TEXT in landing.render(
+            h.store.states, clock.now, "/metrics", overdue=frozenset()
+        )
 
         clock.now = datetime(2026, 12, 10, 0, 5, tzinfo=UTC)  # the cap reset
         assert h.value("xapi_project_usage_capped", **KNOWN) is None
         # The page says what the metrics say, before the next poll too.
-        assert CAPPED_TEXT not in landing.render(h.store.states, clock.now, "/metrics")
+        assert CAPPED_TEXT not in landing.render(
+            h.store.states, clock.now, "/metrics", overdue=frozenset()
+        )
         h.simulator.set_fault(Fault.SERVER_ERROR, project_id="1001")
         h.poll()  # failing polls after the reset do not bring the old flag back
         assert h.value("xapi_project_usage_capped", **KNOWN) is None

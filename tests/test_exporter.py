@@ -16,7 +16,7 @@ from exporter.errors import Reason
 from exporter.simulator import Fault, SimProject
 from exporter.web import MetricsCache
 from tests.conftest import find_token_fragments, register_test_token
-from tests.harness import NOW, FakeClock, running, sim_project
+from tests.harness import NOW, FakeClock, Harness, running, sim_project
 
 _TOKEN_A = "token-aaaaaaaaaaaaaaaaaaaaaaaa"
 
@@ -261,7 +261,7 @@ def test_scrapes_and_pages_never_reach_the_x_api(tmp_path: Path) -> None:
         sent = h.simulator.request_count()
         for _ in range(25):
             generate_latest(h.registry)
-            landing.render(h.store.states, h.clock(), "/metrics")
+            landing.render(h.store.states, h.clock(), "/metrics", overdue=frozenset())
         assert h.simulator.request_count() == sent
 
 
@@ -317,10 +317,16 @@ def test_a_token_that_cannot_be_a_header_fails_as_token_and_is_never_shown(
         h.poll()
         assert h.value("xapi_exporter_poll_error", project="p0", reason="token") == 1
         assert h.simulator.request_count() == sent + 2  # p1's usage and credits only
-        page = landing.render(h.store.states, h.clock(), "/metrics")
+        page = landing.render(h.store.states, h.clock(), "/metrics", overdue=frozenset())
         assert "not a bearer token" in page
         shown = page + caplog.text + (h.store.states["p0"].status.error_message or "")
         assert find_token_fragments(shown, set(content.split())) == []
+
+
+def _p0_section(h: Harness) -> str:
+    """Project p0's section of the landing page as the web server renders it now."""
+    page = landing.render(h.store.states, h.clock(), "/metrics", overdue=h.store.overdue(h.clock()))
+    return page.split("<h2>p0")[1].split("</section>")[0]
 
 
 def test_a_poll_running_past_its_deadline_shows_failed_at_once(tmp_path: Path) -> None:
@@ -349,6 +355,8 @@ def test_a_poll_running_past_its_deadline_shows_failed_at_once(tmp_path: Path) -
             after = cache.render("")[0]
             assert b'xapi_exporter_poll_success{project="p0"} 0.0' in after
             assert b'xapi_exporter_poll_success{project="p0"} 1.0' in before
+            section = _p0_section(h)
+            assert "Poll failed (timeout)" in section and "Last poll OK" not in section
         finally:
             poll.join()
         # It did end, and well: its own result stands.
@@ -369,9 +377,12 @@ def test_a_first_poll_running_past_its_deadline_shows_failed_too(tmp_path: Path)
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             assert h.value("xapi_exporter_poll_success", project="p0") is None  # running
+            assert "First poll running" in _p0_section(h)
             h.clock.now += timedelta(minutes=5)
             assert h.value("xapi_exporter_poll_success", project="p0") == 0
             assert h.value("xapi_exporter_poll_error", project="p0", reason="timeout") == 1
+            section = _p0_section(h)
+            assert "Poll failed (timeout)" in section and "First poll running" not in section
         finally:
             poll.join()
         assert h.value("xapi_exporter_poll_success", project="p0") == 1

@@ -27,7 +27,7 @@ def _chart(page: str) -> str:
 def test_the_daily_chart_has_dates_a_scale_and_the_forecast(tmp_path: Path) -> None:
     with running([sim_project("1001", "token-landing-aaaaaaaaaaaa")], tmp_path) as h:
         h.start().poll()
-        page = landing.render(h.store.states, NOW, "/metrics")
+        page = landing.render(h.store.states, NOW, "/metrics", overdue=frozenset())
         usage = h.store.states["p0"].usage
     assert usage is not None
     chart = _chart(page)
@@ -58,5 +58,5 @@ def test_on_the_cycle_s_last_day_there_is_no_forecast_left_to_draw(tmp_path: Pat
     clock = FakeClock(last_day)
     with running([sim_project("1001", "token-landing-bbbbbbbbbbbb")], tmp_path, clock) as h:
         h.start().poll()
-        chart = _chart(landing.render(h.store.states, last_day, "/metrics"))
+        chart = _chart(landing.render(h.store.states, last_day, "/metrics", overdue=frozenset()))
     assert "expected" not in chart and ">today Dec 09<" in chart and ">Dec 10 reset<" in chart
