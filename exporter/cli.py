@@ -520,7 +520,7 @@ def serve(args: argparse.Namespace) -> int:
     if web_config is not None:
         app = web_config.wrap(app)
     try:
-        server = WebServer(app, address, web_config.ssl_context if web_config else None)
+        server = WebServer(app, address, web_config.tls if web_config else None)
     except OSError as exc:
         sys.stderr.write(f"{PROG}: error: cannot listen on {args.listen_address}: {exc.strerror}\n")
         poller.stop()

@@ -291,7 +291,7 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
     allow_reuse_address = True
     # socketserver's default backlog of 5 refuses connections when many scrapers arrive at once.
     request_queue_size = 128
-    ssl_context: ssl.SSLContext | None = None
+    tls: TlsContext | None = None
 
     def server_activate(self) -> None:
         super().server_activate()
@@ -347,7 +347,7 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
                 conn, address = self.socket.accept()
             except OSError:  # none left; or out of files, or the client gave up: next turn
                 return
-            if self.ssl_context is not None:
+            if self.tls is not None:
                 conn.setblocking(True)
                 self.process_request(conn, address)
                 continue
@@ -440,7 +440,7 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """In the request thread: TLS starts here, so a slow handshake blocks nobody."""
-        if self.ssl_context is None:
+        if self.tls is None:
             super().finish_request(request, client_address)
             return
         try:
@@ -451,7 +451,8 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
             with contextlib.suppress(OSError):
                 request.sendall(_PLAIN_HTTP_TO_TLS)
             return
-        tls = self.ssl_context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        context = self.tls.current  # read once: a reload may swap it meanwhile
+        tls = context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
         with self._deadlines_lock:  # the wrapper took the socket over
             self._deadlines[tls] = self._deadlines.pop(request, (time.monotonic(), False))
         try:
@@ -532,15 +533,24 @@ def _make_server(host: str, port: int, app: WsgiApp) -> _ThreadingServer:
 _NO_IPV6 = {errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT}
 
 
+class TlsContext:
+    """The TLS context each new connection is wrapped with. A reload swaps `current` whole (one
+    reference assignment), so new connections get the new certificate, versions and client CAs
+    while open ones keep the context they started with."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.current = context
+
+
 class WebServer:
     """Serves the WSGI app on a background thread until stop()."""
 
     def __init__(
-        self, app: WsgiApp, address: tuple[str, int], ssl_context: ssl.SSLContext | None = None
+        self, app: WsgiApp, address: tuple[str, int], tls: TlsContext | None = None
     ) -> None:
         host, port = address
         self._server = _make_server(host, port, _without_body_for_head(app))
-        self._server.ssl_context = ssl_context
+        self._server.tls = tls
         self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
 
     @property

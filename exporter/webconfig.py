@@ -20,7 +20,7 @@ import yaml
 from exporter import logs
 from exporter.config import MAX_CONFIG_FILE_BYTES, load_yaml, read_small_file, shown_key
 from exporter.errors import ConfigError, describe
-from exporter.web import WsgiApp
+from exporter.web import TlsContext, WsgiApp
 
 log = logging.getLogger(__name__)
 
@@ -100,20 +100,22 @@ class WebConfig:
 
 
 class LiveWebConfig:
-    """The web config in force, re-read at each reload: users and headers are swapped, the TLS
-    certificate, key and client CA files re-read into the listening socket's context, so that a
-    revoked user or a rotated certificate needs no restart. A change to the other TLS settings
-    (on or off, versions, client auth) fails the reload: they are fixed when the socket opens."""
+    """The web config in force, re-read at each reload: users and headers are swapped, and a new
+    TLS context is built from the file (certificate, key, client CAs, versions, client auth) for
+    the connections that follow, so that a revoked user, a rotated certificate or a client CA
+    taken out needs no restart. Turning TLS on or off fails the reload: the listening socket's
+    scheme is fixed when it opens."""
 
     def __init__(self, path: str, config: WebConfig) -> None:
         self._path = path
         self._config = config
-        self._context = config.ssl_context()
+        context = config.ssl_context()
+        self._tls = None if context is None else TlsContext(context)
         self._guards: list[_Guard] = []
 
     @property
-    def ssl_context(self) -> ssl.SSLContext | None:
-        return self._context
+    def tls(self) -> TlsContext | None:
+        return self._tls
 
     def wrap(self, app: WsgiApp) -> WsgiApp:
         guard = self._config.wrap(app)
@@ -123,32 +125,21 @@ class LiveWebConfig:
     def reload(self) -> None:
         """Re-read the file and apply it whole, or raise ConfigError and change nothing."""
         new = load(self._path)
-        new_tls = new.tls
-        if _fixed_settings(self._config.tls) != _fixed_settings(new_tls):
+        if (new.tls is None) != (self._tls is None):
+            state = "off" if new.tls is None else "on"
             raise ConfigError(
-                [f"{self._path}: tls_server_config: only its files can change without a restart"]
+                [f"{self._path}: tls_server_config: turning TLS {state} needs a restart"]
             )
-        context = self._context
-        if new_tls is not None and context is not None:
-            # load() has built a context from these files already: they are readable and match.
-            try:
-                context.load_cert_chain(new_tls.cert_file, new_tls.key_file, password=_no_password)
-                if new_tls.client_ca_file is not None:
-                    context.load_verify_locations(cafile=str(new_tls.client_ca_file))
-            except (OSError, ValueError) as exc:  # a file changed again since: say so, as load()
-                raise ConfigError(
-                    [f"{self._path}: tls_server_config: {_ssl_reason(exc)}"]
-                ) from None
+        try:
+            # load() has built one from these files already; they may have changed since.
+            context = new.ssl_context()
+        except (OSError, ValueError) as exc:
+            raise ConfigError([f"{self._path}: tls_server_config: {_ssl_reason(exc)}"]) from None
         for guard in self._guards:
             guard.update(new.users, new.headers)
+        if self._tls is not None and context is not None:
+            self._tls.current = context
         self._config = new
-
-
-def _fixed_settings(tls: TlsConfig | None) -> tuple[object, ...] | None:
-    """What of the TLS settings the listening socket fixes: all but the files' contents."""
-    if tls is None:
-        return None
-    return (tls.client_auth_type, tls.client_ca_file is None, tls.min_version, tls.max_version)
 
 
 class _Guard:

@@ -744,8 +744,8 @@ def test_a_reload_re_reads_the_web_config_users_headers_and_certificate(
         assert answer.status_code == 200
         assert answer.headers["x-frame-options"] == "deny"
 
-        # A broken file, or a TLS change the open socket cannot take: nothing changes.
-        for broken in (tls + "basic_auth_users: [", tls + "  min_version: TLS13\n" + users(alice)):
+        # A broken file, or TLS turned off under the open socket: nothing changes.
+        for broken in (tls + "basic_auth_users: [", users(alice)):
             web.write_text(broken)
             assert reload(bob).status_code != 200
             assert _get(served, pki, "/metrics", bob).status_code == 200
@@ -765,3 +765,47 @@ def test_a_reload_re_reads_the_web_config_users_headers_and_certificate(
             new_cert.read_text()
         )
         assert _get(served, pki, "/metrics", bob).status_code == 200
+
+
+def test_a_reload_builds_a_new_tls_context_so_a_client_ca_taken_out_is_refused(
+    pki: Pki, simulator: Simulator, tmp_path: Path
+) -> None:
+    """A reload added the client CA file's certificates to the open context, so a CA taken out
+    of it stayed trusted until a restart, and any change of versions or client auth failed the
+    reload (review, 2026-11-30). New connections now get a context built from the file alone."""
+    cert, key = pki.server
+    tls = f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"
+    web = tmp_path / "web.yml"
+    scraper, stranger = pki.client_context(pki.client), pki.client_context(pki.stranger)
+
+    def mutual(ca: Path, extra: str = "") -> str:
+        return (
+            tls
+            + f"  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {ca}\n"
+            + extra
+        )
+
+    def ready(url: str) -> None:
+        assert httpx.get(f"{url}/-/ready", verify=scraper, timeout=2).status_code == 200
+
+    def admitted(context: ssl.SSLContext, served: Served) -> bool:
+        try:
+            return httpx.get(f"{served.url}/metrics", verify=context, timeout=5).is_success
+        except httpx.HTTPError:
+            return False
+
+    for served in _serve(tmp_path, simulator, mutual(pki.ca), ready):
+        assert admitted(scraper, served) and not admitted(stranger, served)
+        # The scraper's CA out, the stranger's in, reloaded by the scraper while still trusted.
+        web.write_text(mutual(pki.dir / "other-ca.crt"))
+        answer = httpx.post(f"{served.url}/-/reload", verify=scraper, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert admitted(stranger, served) and not admitted(scraper, served)
+
+        # Versions change too: a TLS 1.2-only client is refused once TLS 1.3 is the minimum.
+        web.write_text(mutual(pki.dir / "other-ca.crt", "  min_version: TLS13\n"))
+        with httpx.Client(verify=stranger, timeout=10) as client:
+            assert client.post(f"{served.url}/-/reload").status_code == 200
+        tls12 = pki.client_context(pki.stranger)
+        tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+        assert admitted(stranger, served) and not admitted(tls12, served)
