@@ -33,7 +33,7 @@ def render(
     *,
     overdue: frozenset[str],
 ) -> str:
-    """`overdue`: the projects whose poll is still running past its deadline (Store.overdue)."""
+    """`overdue`: the projects whose poll has not ended by its deadline (Store.overdue)."""
     sections = [_project(state, now, name in overdue) for name, state in sorted(states.items())]
     body = "".join(sections) or "<section><p>No project is configured.</p></section>"
     return (
@@ -75,8 +75,8 @@ def _status_line(state: ProjectState, now: datetime, overdue: bool) -> str:
     if overdue:
         # As on /metrics: a poll past its deadline has failed, as far as anyone waiting can tell.
         return (
-            '<p class="meta"><span class="bad">Poll failed (timeout)</span>: still running past '
-            f"its deadline · last good data {fresh}</p>"
+            '<p class="meta"><span class="bad">Poll failed (timeout)</span>: no poll has ended '
+            f"by its deadline · last good data {fresh}</p>"
         )
     if status.success is None:
         return '<p class="meta">First poll running.</p>'

@@ -100,8 +100,8 @@ class Slot:
     def poll_started(self, name: str, deadline: datetime) -> object:
         return self._store.poll_started(name, deadline)
 
-    def poll_ended(self, name: str, mark: object) -> None:
-        self._store.poll_ended(name, mark)
+    def poll_ended(self, name: str, mark: object, next_deadline: datetime) -> None:
+        self._store.poll_ended(name, mark, next_deadline)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +163,12 @@ class ProjectPoller:
         try:
             self._poll(now)
         finally:
-            self._store.poll_ended(self.project.name, mark)
+            self._store.poll_ended(self.project.name, mark, self.next_deadline(self._clock()))
+
+    def next_deadline(self, now: datetime) -> datetime:
+        """By when the poll after one ending (or a first one scheduled) at `now` should have
+        ended: the scheduler starts it within one interval, and it has its budget."""
+        return now + timedelta(seconds=self.config.poll_interval + self.budget)
 
     def _poll(self, now: datetime) -> None:
         started = time.monotonic()
@@ -443,6 +448,7 @@ class Poller:
             for name, poller in pollers.items():
                 if name not in self._store.states:
                     self._store.put(ProjectState(poller.project, configured_at=now))
+                self._store.poll_due(name, poller.next_deadline(now))
         self._changed = changed
         self._client = client
         self.config = config

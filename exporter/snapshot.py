@@ -173,9 +173,9 @@ class Store:
         self._states: Mapping[str, ProjectState] = MappingProxyType({})
         self._config_status = config_status
         self._generation = 0
-        # Project name -> when its poll in flight should have ended, and the poll's mark (copied
-        # on write, so that readers need no lock).
-        self._deadlines: Mapping[str, tuple[datetime, object]] = MappingProxyType({})
+        # Project name -> by when its next poll should have ended, and the mark of its poll in
+        # flight (None between polls); copied on write, so that readers need no lock.
+        self._deadlines: Mapping[str, tuple[datetime, object | None]] = MappingProxyType({})
 
     @property
     def states(self) -> Mapping[str, ProjectState]:
@@ -197,25 +197,33 @@ class Store:
             self._states = MappingProxyType(states)
             self._generation += 1
 
+    def poll_due(self, name: str, deadline: datetime) -> None:
+        """A project's first poll should have ended by `deadline` (set when it is configured)."""
+        with self._lock:
+            if name not in self._deadlines:
+                self._deadlines = MappingProxyType({**self._deadlines, name: (deadline, None)})
+
     def poll_started(self, name: str, deadline: datetime) -> object:
         """Note a poll in flight; returns the mark poll_ended() takes, so that the end of a poll
-        a reload replaced does not clear its successor's."""
+        a reload replaced does not move its successor's deadline."""
         mark = object()
         with self._lock:
             self._deadlines = MappingProxyType({**self._deadlines, name: (deadline, mark)})
         return mark
 
-    def poll_ended(self, name: str, mark: object) -> None:
+    def poll_ended(self, name: str, mark: object, next_deadline: datetime) -> None:
+        """The poll ended; the next one should have ended by `next_deadline` (one interval and
+        one poll's budget on)."""
         with self._lock:
             if name in self._deadlines and self._deadlines[name][1] is mark:
-                deadlines = dict(self._deadlines)
-                del deadlines[name]
+                deadlines = {**self._deadlines, name: (next_deadline, None)}
                 self._deadlines = MappingProxyType(deadlines)
 
     def overdue(self, now: datetime) -> frozenset[str]:
-        """The projects whose poll is still running past its deadline (hung in a name lookup,
-        a handshake, anything the request timeout does not reach): failed, as far as anyone
-        waiting for it can tell."""
+        """The projects whose poll has not ended by its deadline: one still running (hung in a
+        name lookup, a handshake, anything the request timeout does not reach) or one that never
+        started (every worker taken by hung polls, a stopped scheduler). Failed, as far as
+        anyone waiting for it can tell."""
         return frozenset(name for name, (deadline, _) in self._deadlines.items() if now >= deadline)
 
     def retain(self, names: set[str]) -> None:
@@ -223,6 +231,9 @@ class Store:
         with self._lock:
             self._states = MappingProxyType(
                 {name: state for name, state in self._states.items() if name in names}
+            )
+            self._deadlines = MappingProxyType(
+                {name: due for name, due in self._deadlines.items() if name in names}
             )
             self._generation += 1
 

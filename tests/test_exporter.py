@@ -388,6 +388,37 @@ def test_a_first_poll_running_past_its_deadline_shows_failed_too(tmp_path: Path)
         assert h.value("xapi_exporter_poll_success", project="p0") == 1
 
 
+def test_a_poll_that_never_starts_shows_failed_after_one_interval_and_its_budget(
+    tmp_path: Path,
+) -> None:
+    """Polls run in a pool of 32 threads: polls hung where no timeout reaches take them all, and
+    the other projects' polls never start. Their poll_success stayed 1 for ever, their data
+    aging (review, 2026-11-30); a stopped scheduler looked the same. The next poll of a project
+    is due one interval and one budget (0.9 x interval) after the last ended: 9.5 min here."""
+    with running(_projects(), tmp_path) as h:
+        h.start(h.config(credits="off"))
+        h.clock.now += timedelta(minutes=9, seconds=29)
+        assert h.value("xapi_exporter_poll_success", project="p0") is None  # first poll due
+        assert "First poll running" in _p0_section(h)
+        h.clock.now += timedelta(seconds=1)
+        assert h.value("xapi_exporter_poll_success", project="p0") == 0
+        assert h.value("xapi_exporter_poll_error", project="p0", reason="timeout") == 1
+        assert "Poll failed (timeout)" in _p0_section(h)
+
+        h.poll()
+        assert h.value("xapi_exporter_poll_success", project="p0") == 1
+        h.clock.now += timedelta(minutes=9, seconds=29)
+        assert h.value("xapi_exporter_poll_success", project="p0") == 1
+        assert "Last poll OK" in _p0_section(h)
+        h.clock.now += timedelta(seconds=1)
+        for project in ("p0", "p1"):
+            assert h.value("xapi_exporter_poll_success", project=project) == 0
+            assert h.value("xapi_exporter_poll_error", project=project, reason="timeout") == 1
+        h.poll()
+        assert h.value("xapi_exporter_poll_success", project="p0") == 1
+        assert h.value("xapi_exporter_poll_error", project="p0", reason="timeout") == 0
+
+
 def test_the_old_cycle_is_never_served_as_the_new_one(tmp_path: Path) -> None:
     clock = FakeClock(datetime(2026, 12, 9, 23, 50, tzinfo=UTC))
     with running(_projects(), tmp_path, clock) as h:
