@@ -10,7 +10,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -447,33 +447,63 @@ def _independent_tables() -> None:
     print("(reported, not tuned on: the held-out targets measured on data the design never saw)")
 
 
+def _a_year_before(case: Case) -> Case:
+    """The case with KEEP_DAYS of history: the days before its first repeat its first week, so
+    that the year-ago forecast (step 8) has every day it reads."""
+    first = min(case.daily)
+    week = [case.daily.get(first + k * _DAY) for k in range(7)]
+    older = {
+        day: value
+        for k in range(1, forecast_module.KEEP_DAYS - len(case.daily) + 1)
+        if (value := week[(first - k * _DAY - first).days % 7]) is not None
+        for day in (first - k * _DAY,)
+    }
+    return dataclasses.replace(case, daily=older | case.daily)
+
+
 def _timing(projects: Sequence[int] = (100, 1000)) -> None:
-    """Time forecast_cycle, which runs once per project per poll, on 90-day generated histories.
+    """Time forecast_cycle, which runs once per project per poll, on 90-day generated histories
+    and on the same with a kept year before them (KEEP_DAYS, step 8).
 
     The first poll fits every project; a poll 5 minutes later sees the same complete days and
-    reuses the fits (exporter/forecast.py: `_fitted`), except where it crosses midnight or a
-    whole day of the time left.
+    reuses the fits (exporter/forecast.py: `_fitted`, `_year_ago`), except where it crosses
+    midnight or a whole day of the time left.
     """
-    print()
-    print("forecast_cycle cost (one call per project per poll; 90 days of history each)")
     mixed = [p for p in PATTERNS if p not in ("zero", "new_project")]
+    for history, widen in (("90 days", lambda case: case), ("a kept year", _a_year_before)):
+        print()
+        print(f"forecast_cycle cost (one call per project per poll; {history} of history each)")
+        _time_polls(projects, mixed, widen)
+
+
+def _time_polls(
+    projects: Sequence[int], mixed: Sequence[str], widen: Callable[[Case], Case]
+) -> None:
     for count in projects:
         cases = [
-            make_case(mixed[k % len(mixed)], 1000 + k, (3, 15, 25)[k % 3]) for k in range(count)
+            widen(make_case(mixed[k % len(mixed)], 1000 + k, (3, 15, 25)[k % 3]))
+            for k in range(count)
         ]
         later = [dataclasses.replace(case, now=case.now + POLL_INTERVAL) for case in cases]
         forecast_module._fitted.cache_clear()
+        forecast_module._year_ago.cache_clear()
+        reused = 0
         for label, polled in (("first poll", cases), ("5 min later", later)):
+            hits = forecast_module._fitted.cache_info().hits
             started = time.perf_counter()
             for case in polled:
                 forecast_case(case)
             elapsed = time.perf_counter() - started
+            reused = forecast_module._fitted.cache_info().hits - hits
             print(
                 f"{count:>5} projects, {label:<11}: {elapsed * 1000:8.0f} ms in all, "
                 f"{elapsed / count * 1000:6.2f} ms per project"
             )
-        info = forecast_module._fitted.cache_info()
-        print(f"{'':>5}   fits reused {info.hits} of {count} times 5 min later")
+        year_ago = forecast_module._year_ago.cache_info()
+        print(
+            f"{'':>5}   fits reused {reused} of {count} times 5 min later"
+            + (f"; year-ago fits kept: {year_ago.currsize}" if year_ago.currsize else "")
+        )
 
 
 def main(argv: Sequence[str] = ()) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from benchmarks import traces
 from benchmarks.traces import HISTORY_DAYS, Case, intraday_shape
+from exporter.forecast import KEEP_DAYS
 
 __all__ = [
     "CYCLE_DAYS",
@@ -172,9 +173,10 @@ def _case(
 
     today = (now.date() - first_day).days
     start = (cycle_start.date() - first_day).days
+    # What the exporter holds: the days it has kept from its earlier answers (up to KEEP_DAYS).
     daily = {
         first_day + index * _DAY: round(totals[index])
-        for index in range(max(today - HISTORY_DAYS + 1, 0), today)
+        for index in range(max(today - KEEP_DAYS, 0), today)
     }
     daily[now.date()] = round(posts_before(now) - prefix[today])
     return Case(

@@ -8,7 +8,7 @@ import itertools
 import math
 import statistics
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -46,6 +46,14 @@ GUARD_FACTOR = 2.0  # a partner now twice as far off one before it as ever in th
 MAX_LOG_SD = 1.0  # bounds the lognormal mean correction on wild series
 MAX_BAND_LOG_SD = 3.0  # bounds the band (x 46 at most) so absurd histories stay finite
 MAX_LOG_POSTS = 50.0  # bounds a day's forecast (e^50 Posts) so runaway trends stay finite
+# The year-ago member (docs/forecasting.md, step 8): the same days 52 weeks earlier (same
+# weekday, one or two calendar days off), scaled by how the last four weeks compare with theirs.
+SEASON_DAYS = 364
+RECENT_DAYS = 90  # the endpoint's window: steps 1-7 read these days only, however many are kept
+# Days a forecast can use: a year and four weeks before the backtest's earliest origin, which
+# lies up to 21 + 31 days back. Older days say nothing the forecast reads.
+KEEP_DAYS = SEASON_DAYS + FIT_WINDOW_DAYS + BACKTEST_ORIGINS + 31 + 4
+MIN_SEASON_SHARE = 0.75  # of the days the level is read from, the share known in both years
 # Fits kept for reuse (docs/forecasting.md, "Cost"): one per project and horizon in whole days,
 # about 2 kB each with its key. More projects than this still work, without the reuse.
 FIT_CACHE_SIZE = 4096
@@ -73,6 +81,7 @@ class _Model:
     noise: float  # robust standard deviation of daily residuals on that log scale
     factors: tuple[float, ...]  # by date.weekday(); mean 1
     damping: float = TREND_DAMPINGS[0]  # per day, of the trend
+    since: date | None = None  # first day the level was read from (after a step, if one)
 
     def expected(self, day: date) -> float:
         """Mean Posts expected on `day` (lognormal mean, not median)."""
@@ -117,11 +126,21 @@ def forecast_cycle(
     horizon = max((cycle_end - now) / _DAY, 0.0)
 
     pace_known = partial is not None and elapsed_today >= MIN_PACE_SHARE
-    history = _usable_history(daily, today, pace_known)
+    oldest_read = today - RECENT_DAYS * _DAY
+    recent = {d: v for d, v in daily.items() if d >= oldest_read}
+    history = _usable_history(recent, today, pace_known)
     weights: tuple[float, ...] = (1.0,)
     partners: tuple[_Model, ...] = ()
+    season: _YearAgo | None = None
+    season_weight = 0.0
     if history:
-        model, partners, weights, log_sd, span = _fitted(_packed(history), max(round(horizon), 1))
+        key, whole_days = _packed(history), max(round(horizon), 1)
+        model, partners, weights, log_sd, span, _ = _fitted(key, whole_days)
+        if len(recent) < len(daily):  # kept days older than the endpoint sends
+            kept = _packed(daily, before=today)
+            season, weight, blended_sd = _year_ago(kept, key, whole_days)
+            if season is not None and season.covers(today, cycle_end):
+                season_weight, log_sd = weight, blended_sd
         if span < horizon:
             # Backtested over fewer days than are left: a random-walk error grows with sqrt(days).
             log_sd *= math.sqrt(horizon / span)
@@ -134,18 +153,16 @@ def forecast_cycle(
         model = _Model(today, math.log1p(rate), 0.0, 0.0, (1.0,) * 7)
         log_sd = PRIOR_LOG_SD
 
-    segments = _remaining_path(model, now, cycle_end, partial, elapsed_today)
+    segments = _remaining_path(model.expected, now, cycle_end, partial, elapsed_today)
     if weights[0] < 1.0:
         paths = [segments] + [
-            _remaining_path(partner, now, cycle_end, partial, elapsed_today) for partner in partners
+            _remaining_path(partner.expected, now, cycle_end, partial, elapsed_today)
+            for partner in partners
         ]
-        combined = [
-            sum(w * amount for w, (_, _, amount) in zip(weights, pieces, strict=True))
-            for pieces in zip(*paths, strict=True)
-        ]
-        segments = [
-            (start, end, amount) for (start, end, _), amount in zip(segments, combined, strict=True)
-        ]
+        segments = _weighted(paths, weights)
+    if season is not None and season_weight > 0.0:
+        ago = _remaining_path(season.expected, now, cycle_end, partial, elapsed_today)
+        segments = _weighted([segments, ago], (1.0 - season_weight, season_weight))
     remaining = sum(amount for _, _, amount in segments)
     spread = math.exp(Z_80 * min(log_sd, MAX_BAND_LOG_SD))
     return Forecast(
@@ -156,22 +173,149 @@ def forecast_cycle(
     )
 
 
-def _packed(history: Mapping[date, float]) -> tuple[date, bytes]:
-    """`history` as a compact, hashable key: its first day and every day's value (NaN if absent)."""
+def _weighted(
+    paths: Sequence[Sequence[tuple[datetime, datetime, float]]], weights: Sequence[float]
+) -> list[tuple[datetime, datetime, float]]:
+    """The weighted mean of forecasts of the same pieces of time."""
+    return [
+        (pieces[0][0], pieces[0][1], sum(w * p[2] for w, p in zip(weights, pieces, strict=True)))
+        for pieces in zip(*paths, strict=True)
+    ]
+
+
+class _Kept:
+    """The kept complete days as one array from `first` on (NaN: unknown): compact, for the
+    fits kept in the cache."""
+
+    __slots__ = ("first", "values")
+
+    def __init__(self, packed: tuple[date, bytes]) -> None:
+        self.first = packed[0]
+        self.values = memoryview(packed[1]).cast("d")  # the key's bytes, not a copy
+
+    def get(self, day: date) -> float | None:
+        k = (day - self.first).days
+        if 0 <= k < len(self.values) and not math.isnan(self.values[k]):
+            return self.values[k]
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _YearAgo:
+    """Step 8: each day as it was SEASON_DAYS before, times `ratio`: how the days the structured
+    model read its level from compare with the same days a year before (a ratio of sums over
+    the same weekdays, so a busy weekday counts as much as its Posts)."""
+
+    days: _Kept
+    ratio: float
+
+    def covers(self, first: date, cycle_end: datetime) -> bool:
+        """Whether every day from `first` until the cycle ends was seen a year before."""
+        last = (cycle_end - timedelta(microseconds=1)).date()
+        span = (last - first).days + 1
+        return all(self.days.get(first + (k - SEASON_DAYS) * _DAY) is not None for k in range(span))
+
+    def expected(self, day: date) -> float:
+        return self.ratio * (self.days.get(day - SEASON_DAYS * _DAY) or 0.0)
+
+
+@functools.lru_cache(maxsize=FIT_CACHE_SIZE)
+def _year_ago(
+    kept: tuple[date, bytes], packed: tuple[date, bytes], span: int
+) -> tuple[_YearAgo | None, float, float]:
+    """Step 8 for the kept days and the fit of `packed` (the days steps 1-7 read) over `span`:
+    the year-ago forecast, its weight and the log-scale RMS error of the blend; None when the
+    year before is not known well enough or nothing could be backtested."""
+    model, _, _, log_sd, backtested, backtest = _fitted(packed, span)
+    days = _Kept(kept)
+    ratio = _season_ratio(days, model.since, model.anchor)
+    if ratio is None or not backtest:
+        return None, 0.0, log_sd
+    season = _YearAgo(days, ratio)
+    weight, blended_sd = _season_weight(season, packed, backtest, backtested, log_sd)
+    return (season, weight, blended_sd) if weight > 0.0 else (None, 0.0, log_sd)
+
+
+def _season_ratio(days: _Kept, since: date | None, anchor: date) -> float | None:
+    """The days from `since` (the structured model's: after a step, only the days after it) to
+    `anchor` over the same days a year before; None if fewer than MIN_SEASON_SHARE of them are
+    known in both years, or the year before had no usage."""
+    first = anchor - (FIT_WINDOW_DAYS - 1) * _DAY if since is None else since
+    window = (anchor - first).days + 1
+    pairs = [
+        (now, before)
+        for d in (first + k * _DAY for k in range(window))
+        if (now := days.get(d)) is not None
+        and (before := days.get(d - SEASON_DAYS * _DAY)) is not None
+    ]
+    before = sum(b for _, b in pairs)
+    if len(pairs) < max(MIN_SEASON_SHARE * window, MIN_SEGMENT_DAYS) or before <= 0.0:
+        return None
+    return sum(a for a, _ in pairs) / before
+
+
+def _season_weight(
+    season: _YearAgo,
+    packed: tuple[date, bytes],
+    backtest: Sequence[tuple[date, date | None, int, float, float]],
+    span: float,
+    log_sd: float,
+) -> tuple[float, float]:
+    """The year-ago forecast's weight beside steps 1-7's, and the log-scale RMS error of the
+    blend: both scored from the backtest's origins, over the days of `packed` each one saw
+    (Bates and Granger, as in step 7; no guard, since a turn the recent past did not contain is
+    what a year ago can show). Without a year-ago forecast at any origin: weight 0, `log_sd`
+    unchanged."""
+    history = _Kept(packed)
+    cases: list[tuple[float, float, float]] = []
+    for origin, since, days, actual, combined in backtest:
+        ratio = _season_ratio(season.days, since, origin)
+        seen = (origin + k * _DAY for k in range(1, days + 1))
+        ago = [season.days.get(d - SEASON_DAYS * _DAY) for d in seen if history.get(d) is not None]
+        if ratio is None or any(a is None for a in ago):
+            continue
+        cases.append((actual, combined, ratio * sum(a for a in ago if a is not None)))
+    if not cases or not math.isfinite(span):
+        return 0.0, log_sd
+    prior = PRIOR_WEIGHT * PRIOR_LOG_SD**2
+    inverse = [1.0 / (prior + sum(_log_error(c[0], c[k]) ** 2 for c in cases)) for k in (1, 2)]
+    weight = inverse[1] / (inverse[0] + inverse[1])
+    squares = prior + sum(_log_error(a, (1.0 - weight) * c + weight * y) ** 2 for a, c, y in cases)
+    return weight, math.sqrt(squares / (len(cases) + PRIOR_WEIGHT))
+
+
+def _packed(history: Mapping[date, float], before: date | None = None) -> tuple[date, bytes]:
+    """`history` as a compact, hashable key: its first day and every day's value (NaN if absent).
+
+    With `before`, only the days before it, a negative count as 0 (the kept days of step 8).
+    """
+    if before is not None:
+        history = {d: v if v > 0.0 else 0.0 for d, v in history.items() if d < before}
     first = min(history)
-    days = (first + k * _DAY for k in range((max(history) - first).days + 1))
-    return first, array("d", (history.get(d, math.nan) for d in days)).tobytes()
+    values = array("d", [math.nan]) * ((max(history) - first).days + 1)
+    for day, value in history.items():
+        values[(day - first).days] = value
+    return first, values.tobytes()
 
 
 @functools.lru_cache(maxsize=FIT_CACHE_SIZE)
 def _fitted(
     packed: tuple[date, bytes], span: int
-) -> tuple[_Model, tuple[_Model, ...], tuple[float, ...], float, float]:
+) -> tuple[
+    _Model,
+    tuple[_Model, ...],
+    tuple[float, ...],
+    float,
+    float,
+    tuple[tuple[date, date | None, int, float, float], ...],
+]:
     """Everything the complete days and the horizon in whole days decide: computed once.
 
     The structured model, each smoothed partner's latest state, the weights, the log-scale RMS
-    error of the combination, and the span it was backtested over (infinite when there was no
-    backtest): the polls of one day see the same complete days, so they reuse this.
+    error of the combination, the span it was backtested over (infinite when there was no
+    backtest), and each backtest origin with the first day the structured model read there, the
+    span's days, their actual total and the combination's forecast: the polls of one day see
+    the same complete days, so they reuse this.
     """
     first, values = packed
     known = array("d", values)
@@ -179,8 +323,10 @@ def _fitted(
     raw, shrunk = _weekday_factors(history)
     model = _fit(history, raw, shrunk, max(history))
     partners = [s for grid in PARTNER_GRIDS if (s := _smooth(history, raw, shrunk, grid))]
-    model, weights, log_sd, backtested = _backtest(history, raw, shrunk, model, span, partners)
-    return model, tuple(states[-1] for states in partners), weights, log_sd, backtested
+    model, weights, log_sd, backtested, origins = _backtest(
+        history, raw, shrunk, model, span, partners
+    )
+    return model, tuple(states[-1] for states in partners), weights, log_sd, backtested, origins
 
 
 def _usable_history(daily: Mapping[date, int], today: date, pace_known: bool) -> dict[date, float]:
@@ -266,7 +412,8 @@ def _fit(
     level = statistics.median(x - slope * t for t, x in zip(ts, xs, strict=True))
     residuals = [x - level - slope * t for t, x in zip(ts, xs, strict=True)]
     noise = min(_robust_sd(residuals), MAX_LOG_SD) if len(residuals) >= 3 else 0.0
-    return _Model(anchor, level, slope, noise, tuple(shrunk))
+    since = anchor + int(ts[0]) * _DAY
+    return _Model(anchor, level, slope, noise, tuple(shrunk), since=since)
 
 
 def _level_shift(ts: Sequence[float], xs: Sequence[float]) -> int:
@@ -379,9 +526,13 @@ def _backtest(
     model: _Model,
     span: int,
     partners: Sequence[Sequence[_Model]],
-) -> tuple[_Model, tuple[float, ...], float, float]:
-    """The structured model with its damping, the weights, the log-scale RMS error of the result
-    and the span it was measured over (infinite when nothing could be backtested).
+) -> tuple[
+    _Model, tuple[float, ...], float, float, tuple[tuple[date, date | None, int, float, float], ...]
+]:
+    """The structured model with its damping, the weights, the log-scale RMS error of the result,
+    the span it was measured over (infinite when nothing could be backtested), and per origin:
+    the origin, the first day the structured model read there, the span, the actual total of the
+    known days and the combination's forecast.
 
     From each of the last BACKTEST_ORIGINS days that leave a full span of history after them
     (`span` days, the horizon), the structured model is fitted on the days up to that
@@ -403,8 +554,8 @@ def _backtest(
     anchor = model.anchor
     first = min(history)
     span = min(span, (anchor - first).days + 1 - MIN_SEGMENT_DAYS)
-    # (actual, the structured forecast per damping, each partner's forecast)
-    cases: list[tuple[float, tuple[float, ...], tuple[float, ...]]] = []
+    # (origin, the structured model's first day, actual, its forecast per damping, each partner's)
+    cases: list[tuple[date, date | None, float, tuple[float, ...], tuple[float, ...]]] = []
     for back in range(BACKTEST_ORIGINS if span >= 1 else 0):
         origin = anchor - (span + back) * _DAY
         train = {d: v for d, v in history.items() if d <= origin}
@@ -419,13 +570,13 @@ def _backtest(
             for phi in TREND_DAMPINGS
         )
         others = tuple(sum(map(p[(origin - first).days].expected, seen)) for p in partners)
-        cases.append((sum(history[d] for d in seen), structured, others))
+        cases.append((origin, past.since, sum(history[d] for d in seen), structured, others))
     best = min(
         range(len(TREND_DAMPINGS)),
-        key=lambda j: sum(_log_error(a, m[j]) ** 2 for a, m, _ in cases),
+        key=lambda j: sum(_log_error(a, m[j]) ** 2 for _, _, a, m, _ in cases),
     )
     model = dataclasses.replace(model, damping=TREND_DAMPINGS[best])
-    scored = [(a, (m[best], *others)) for a, m, others in cases]
+    scored = [(a, (m[best], *others)) for _, _, a, m, others in cases]
     prior = PRIOR_WEIGHT * PRIOR_LOG_SD**2
     ahead = [anchor + k * _DAY for k in range(1, max(span, 1) + 1)]
     # Each forecast's total for the span ahead of today: structured first, then the partners.
@@ -441,11 +592,14 @@ def _backtest(
         inverse.append(0.0 if unlike_the_past else 1.0 / squares)
     total = sum(inverse)
     weights = tuple(v / total for v in inverse)
-    squares = prior + sum(
-        _log_error(a, sum(w * x for w, x in zip(weights, f, strict=True))) ** 2 for a, f in scored
-    )
+    combined = [sum(w * x for w, x in zip(weights, f, strict=True)) for _, f in scored]
+    squares = prior + sum(_log_error(a, c) ** 2 for (a, _), c in zip(scored, combined, strict=True))
     log_sd = math.sqrt(squares / (len(scored) + PRIOR_WEIGHT))
-    return model, weights, log_sd, span if scored else math.inf
+    origins = tuple(
+        (case[0], case[1], span, a, c)
+        for case, (a, _), c in zip(cases, scored, combined, strict=True)
+    )
+    return model, weights, log_sd, span if scored else math.inf, origins
 
 
 def _log_error(actual: float, expected: float) -> float:
@@ -453,7 +607,11 @@ def _log_error(actual: float, expected: float) -> float:
 
 
 def _remaining_path(
-    model: _Model, now: datetime, cycle_end: datetime, partial: int | None, elapsed_today: float
+    expected_on: Callable[[date], float],
+    now: datetime,
+    cycle_end: datetime,
+    partial: int | None,
+    elapsed_today: float,
 ) -> list[tuple[datetime, datetime, float]]:
     """Expected Posts in each remaining piece of a UTC day until `cycle_end`, spread evenly."""
     segments: list[tuple[datetime, datetime, float]] = []
@@ -461,7 +619,7 @@ def _remaining_path(
     while start < cycle_end:
         day = start.date()
         end = min(datetime.combine(day, time(), UTC) + _DAY, cycle_end)
-        expected = model.expected(day)
+        expected = expected_on(day)
         if day == now.date() and partial is not None:
             # Today's own pace (partial / elapsed) weighs as much as the share of today elapsed.
             rate = max(partial, 0) + (1.0 - elapsed_today) * expected
