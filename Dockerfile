@@ -22,9 +22,12 @@ LABEL org.opencontainers.image.title="x-usage-exporter" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.source="https://github.com/x-usage-exporter/x-usage-exporter" \
       org.opencontainers.image.base.name="docker.io/library/python:3.11-slim"
+# /var/lib/x-usage-exporter: where --history.file goes; a volume mounted there starts owned by
+# the exporter's user (docs/deploy.md).
 RUN groupadd --system --gid 65532 exporter \
     && useradd --system --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
-       --shell /usr/sbin/nologin exporter
+       --shell /usr/sbin/nologin exporter \
+    && install -d -o 65532 -g 65532 -m 0750 /var/lib/x-usage-exporter
 # pip compiles the bytecode at install time; at runtime Python then only reads it. The auth
 # extra (bcrypt) makes basic_auth_users in --web.config.file work out of the box.
 RUN --mount=type=bind,from=builder,source=/dist,target=/dist \

@@ -15,9 +15,12 @@ from exporter.alert_eval import AlertRule, Firing, alert_metric_names, evaluate,
 from exporter.collector import UsageCollector
 from exporter.config import CapResetDayMeans, ProjectConfig
 from exporter.errors import ExporterError
+from exporter.forecast import KEEP_DAYS
 from exporter.parse import UsageReport
 from exporter.snapshot import (
+    UNKNOWN_PROJECT_ID,
     ConfigStatus,
+    KeptDays,
     PollStatus,
     ProjectState,
     Store,
@@ -162,10 +165,24 @@ def answer_at(history: History, at: datetime) -> UsageReport:
     )
 
 
+def kept_at(history: History, at: datetime) -> KeptDays:
+    """The days an exporter polling since the history began would hold at `at` (up to
+    KEEP_DAYS complete days; with --history.file across its restarts too)."""
+    today = at.date()
+    oldest = today - timedelta(days=KEEP_DAYS)
+    days = {d: n for d, n in history.report.daily.items() if oldest <= d < today}
+    return KeptDays.of(history.report.project_id or UNKNOWN_PROJECT_ID, days)
+
+
 def exposition_at(history: History, at: datetime) -> tuple[UsageCollector, UsageSnapshot]:
     """The collector serving /metrics at `at`, over the snapshot the poller would have built."""
+    answer = answer_at(history, at)
     usage = build_usage(
-        answer_at(history, at), now=at, means=history.means, post_read_usd=history.post_read_usd
+        answer,
+        now=at,
+        means=history.means,
+        post_read_usd=history.post_read_usd,
+        kept=kept_at(history, at),
     )
     # The X API refuses reads once the cap is reached: the poller's usage_capped state.
     capped = usage.cap is not None and usage.consumed >= usage.cap

@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from prometheus_client import CollectorRegistry
 
-from exporter import __version__, backfill, logs, report, webconfig
+from exporter import __version__, backfill, history, logs, report, webconfig
 from exporter.alert_eval import PrometheusError, RulesError, load_rules
 from exporter.backtest import TraceError
 from exporter.backtest import run as backtest_run
@@ -46,6 +46,9 @@ PROG = "x-usage-exporter"
 DEFAULT_LISTEN = ":9879"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEMO_POLL_INTERVAL = 30.0
+# Kept days change once a UTC day per project (and when the API revises one): a write a minute
+# at most loses nothing the next answers do not bring back (they carry the last 90 days).
+HISTORY_WRITE_SECONDS = 60.0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve two simulated X API projects (production heading for its cap, research over "
         "its budget): no token, no network",
+    )
+    parser.add_argument(
+        "--history.file",
+        dest="history_file",
+        metavar="PATH",
+        help="keep each project's daily usage here across restarts (the API sends 90 days; the "
+        "forecast reads a year ago from it)",
     )
     _add_log_flags(parser)
     return parser
@@ -459,6 +469,14 @@ def serve(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{PROG}: error: --demo and --config.file exclude each other\n")
         return EXIT_USAGE
 
+    if args.history_file:
+        directory = Path(args.history_file).parent
+        if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+            sys.stderr.write(
+                f"{PROG}: error: --history.file: {directory} is not a directory this process "
+                "can write to\n"
+            )
+            return EXIT_USAGE
     web_config: webconfig.LiveWebConfig | None = None
     if args.web_config_file:
         try:
@@ -482,7 +500,11 @@ def serve(args: argparse.Namespace) -> int:
         log.warning("config warning", extra=logs.fields(source=config.source, warning=warning))
 
     store = Store(ConfigStatus(config.poll_interval, True, time.time()))
-    poller = Poller(config, store)
+    history_file: history.HistoryFile | None = None
+    if args.history_file:
+        history_file = history.HistoryFile(Path(args.history_file), store)
+        history_file.load()
+    poller = Poller(config, store, kept=history_file.kept_for if history_file else None)
     registry = CollectorRegistry()
     registry.register(UsageCollector(store))
     reload_lock = threading.Lock()
@@ -555,13 +577,27 @@ def serve(args: argparse.Namespace) -> int:
             demo=args.demo,
         ),
     )
+    if history_file is not None:
+        threading.Thread(
+            target=_keep_history, args=(history_file, stop), name="history", daemon=True
+        ).start()
     stop.wait()
     log.info("shutting down")
     server.stop()
     poller.stop()
+    if history_file is not None:
+        history_file.save(utc_now())
     if simulator is not None:
         simulator.stop()
     return EXIT_OK
+
+
+def _keep_history(history_file: history.HistoryFile, stop: threading.Event) -> None:
+    """Write the history file at once (a volume that cannot be written shows from the start),
+    then every HISTORY_WRITE_SECONDS while something in it changed."""
+    history_file.save(utc_now())
+    while not stop.wait(HISTORY_WRITE_SECONDS):
+        history_file.save(utc_now())
 
 
 if __name__ == "__main__":

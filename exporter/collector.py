@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -229,10 +229,21 @@ class UsageCollector(Collector):
             ["project"],
         )
 
+        kept_since = f.gauge(
+            "xapi_exporter_history_oldest_day_timestamp_seconds",
+            "Start (00:00 UTC) of the oldest day of usage kept for the forecast: the year-ago "
+            "forecast needs about 400 days; the API sends 90, --history.file keeps them across "
+            "restarts.",
+            ["project"],
+        )
+
         overdue = self._store.overdue(now)
         for name, state in sorted(self._store.states.items()):
             if state.configured_at is not None:
                 configured.add_metric([name], state.configured_at.timestamp())
+            if state.kept is not None and state.kept.first is not None:
+                oldest = datetime.combine(state.kept.first, time(), UTC)
+                kept_since.add_metric([name], oldest.timestamp())
             self._exporter_series(
                 name,
                 state,
@@ -334,6 +345,29 @@ class UsageCollector(Collector):
             [],
             CURRENT,
         ).add_metric([], config_status.last_reload_success)
+        history = self._store.history_status
+        if history is not None:
+            f.gauge(
+                "xapi_exporter_history_file_load_success",
+                "1 if --history.file was read at start (or did not exist yet), 0 if it could not "
+                "be used and was moved aside.",
+                [],
+                CURRENT,
+            ).add_metric([], 1 if history.loaded_ok else 0)
+            if history.write_ok is not None:
+                f.gauge(
+                    "xapi_exporter_history_file_write_success",
+                    "1 if the last write of --history.file succeeded.",
+                    [],
+                    CURRENT,
+                ).add_metric([], 1 if history.write_ok else 0)
+            if history.last_write is not None:
+                f.gauge(
+                    "xapi_exporter_history_file_last_write_timestamp_seconds",
+                    "When --history.file was last written successfully.",
+                    [],
+                    CURRENT,
+                ).add_metric([], history.last_write)
         f.gauge(
             "xapi_exporter_build_info", "Exporter version, always 1.", ["version"], CURRENT
         ).add_metric([__version__], 1)

@@ -33,11 +33,13 @@ from exporter.errors import Reason, TokenError, UpstreamError, describe
 from exporter.snapshot import (
     ConfigStatus,
     CreditsSnapshot,
+    KeptDays,
     PollStatus,
     ProjectState,
     Store,
     UsageSnapshot,
     build_usage,
+    keep_days,
 )
 
 log = logging.getLogger(__name__)
@@ -176,6 +178,7 @@ class ProjectPoller:
         attempts: list[Attempt] = []
         usage: UsageSnapshot | None = previous.usage
         credits = previous.credits
+        kept = previous.kept
         reason: str | None = None
         message: str | None = None
         capped = previous.status.capped_at(now)
@@ -185,7 +188,7 @@ class ProjectPoller:
             previous.status.credits_depleted,
         )
         try:
-            usage, credits = self._poll_once(now, attempts, credits)
+            usage, credits, kept = self._poll_once(now, attempts, credits, kept)
             blocked = _Blocked(False, None, False)
         except UpstreamError as exc:
             reason, message = exc.reason.value, str(exc)
@@ -219,6 +222,7 @@ class ProjectPoller:
                 project=self.project,
                 usage=usage,
                 credits=credits,
+                kept=kept,
                 status=status,
                 requests=_count(previous.requests, [(a.endpoint.value, a.code) for a in attempts]),
                 errors=_count(
@@ -262,8 +266,12 @@ class ProjectPoller:
             )
 
     def _poll_once(
-        self, now: datetime, attempts: list[Attempt], credits: CreditsSnapshot | None
-    ) -> tuple[UsageSnapshot, CreditsSnapshot | None]:
+        self,
+        now: datetime,
+        attempts: list[Attempt],
+        credits: CreditsSnapshot | None,
+        kept: KeptDays | None,
+    ) -> tuple[UsageSnapshot, CreditsSnapshot | None, KeptDays]:
         if time.time() < self.blocked_until:
             reset = datetime.fromtimestamp(self.blocked_until, UTC).isoformat()
             raise UpstreamError(Reason.RATE_LIMITED, f"rate limited: no request before {reset}")
@@ -277,13 +285,15 @@ class ProjectPoller:
                 "fields missing",
                 extra=logs.fields(project=self.project.name, fields=",".join(report.missing)),
             )
+        kept = keep_days(kept, report, now)
         usage = build_usage(
             report,
             now=now,
             means=self.config.cap_reset_day_means,
             post_read_usd=self.config.pricing.post_read_usd,
+            kept=kept,
         )
-        return usage, self._poll_credits(token, usage, now, deadline, attempts, credits)
+        return usage, self._poll_credits(token, usage, now, deadline, attempts, credits), kept
 
     def _poll_credits(
         self,
@@ -377,8 +387,12 @@ class Poller:
         *,
         clock: Clock = utc_now,
         retry: RetryPolicy | None = None,
+        kept: Callable[[str], KeptDays | None] | None = None,
     ) -> None:
+        """`kept`: the days kept for a project by name (--history.file), asked when the project
+        is configured, at start or by a reload."""
         self._store = store
+        self._kept_for = kept or (lambda _name: None)
         self._clock = clock
         self._retry = retry
         self._stopping = threading.Event()
@@ -447,7 +461,8 @@ class Poller:
             now = self._clock()
             for name, poller in pollers.items():
                 if name not in self._store.states:
-                    self._store.put(ProjectState(poller.project, configured_at=now))
+                    kept = self._kept_for(name)
+                    self._store.put(ProjectState(poller.project, configured_at=now, kept=kept))
                 self._store.poll_due(name, poller.next_deadline(now))
         self._changed = changed
         self._client = client

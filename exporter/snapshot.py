@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -10,10 +11,11 @@ from types import MappingProxyType
 
 from exporter import billing
 from exporter.config import CapResetDayMeans, ProjectConfig
-from exporter.forecast import Forecast, daily_baseline, forecast_cycle
+from exporter.forecast import KEEP_DAYS, Forecast, daily_baseline, forecast_cycle
 from exporter.parse import Credits, UsageReport
 
 UNKNOWN_PROJECT_ID = "unknown"
+_DAY = timedelta(days=1)
 # The API sends at most 90 days; days further back, or after today, are not real usage data.
 HISTORY_WINDOW = timedelta(days=100)
 
@@ -104,6 +106,51 @@ class PollStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class KeptDays:
+    """One X project's complete UTC days, kept across answers (each sends 90 at most) for the
+    year-ago forecast: up to KEEP_DAYS before the day of the last answer. Compact: one 8-byte
+    count per day from `first` on (-1: unknown), about 3.6 kB for a full history."""
+
+    project_id: str
+    first: date | None  # None: no day kept
+    posts: array[int]
+
+    @classmethod
+    def of(cls, project_id: str, days: Mapping[date, int]) -> KeptDays:
+        if not days:
+            return cls(project_id, None, array("q"))
+        first = min(days)
+        posts = array("q", [-1]) * ((max(days) - first).days + 1)
+        for day, count in days.items():
+            posts[(day - first).days] = count
+        return cls(project_id, first, posts)
+
+    @property
+    def days(self) -> dict[date, int]:
+        """The known days, oldest first."""
+        if self.first is None:
+            return {}
+        first = self.first
+        return {first + k * _DAY: n for k, n in enumerate(self.posts) if n >= 0}
+
+
+def keep_days(previous: KeptDays | None, report: UsageReport, now: datetime) -> KeptDays:
+    """The days kept after an answer (pure): the answer's complete days, revisions included,
+    over the days kept before, if they are the same X project's; the same object when nothing
+    changed, so that a writer can tell."""
+    today = now.date()
+    first = today - KEEP_DAYS * _DAY
+    project_id = report.project_id or UNKNOWN_PROJECT_ID
+    same = previous is not None and previous.project_id == project_id
+    days = previous.days if previous is not None and same else {}
+    days.update((d, n) for d, n in report.daily.items() if today - HISTORY_WINDOW <= d < today)
+    kept = KeptDays.of(project_id, {d: n for d, n in days.items() if d >= first and n >= 0})
+    if previous is not None and same and kept == previous:
+        return previous
+    return kept
+
+
+@dataclass(frozen=True, slots=True)
 class ProjectState:
     project: ProjectConfig
     usage: UsageSnapshot | None = None
@@ -113,12 +160,19 @@ class ProjectState:
     errors: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (endpoint, reason)
     # When this process began polling the project; a reload that keeps the project keeps it.
     configured_at: datetime | None = None
+    kept: KeptDays | None = None  # from the answers so far, or the history file at start
 
 
 def build_usage(
-    report: UsageReport, *, now: datetime, means: CapResetDayMeans, post_read_usd: float
+    report: UsageReport,
+    *,
+    now: datetime,
+    means: CapResetDayMeans,
+    post_read_usd: float,
+    kept: KeptDays | None = None,
 ) -> UsageSnapshot:
-    """Combine one parsed answer with the cycle math and the forecast (pure)."""
+    """Combine one parsed answer with the cycle math and the forecast (pure). `kept`: the days
+    kept from this and earlier answers (keep_days), which the forecast reads beside the answer's."""
     cycle = billing.cycle_of(now, report.cap_reset_day, means)
     today = now.date()
     daily = {day: n for day, n in report.daily.items() if today - HISTORY_WINDOW <= day <= today}
@@ -129,8 +183,11 @@ def build_usage(
         AppUsage(app_id, billing.sum_in_cycle(days, cycle, today), days.get(today, 0))
         for app_id, days in sorted(report.apps.items())
     )
+    history = daily
+    if kept is not None and kept.project_id == (report.project_id or UNKNOWN_PROJECT_ID):
+        history = kept.days | daily
     forecast = forecast_cycle(
-        daily=daily,
+        daily=history,
         consumed=consumed,
         now=now,
         cycle_start=cycle.start,
@@ -165,6 +222,15 @@ class ConfigStatus:
     last_reload_success: float  # epoch seconds
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryStatus:
+    """How --history.file went: read at start, and the last write."""
+
+    loaded_ok: bool
+    write_ok: bool | None  # None before the first write
+    last_write: float | None  # epoch seconds of the last write that worked
+
+
 class Store:
     """Holds the current ProjectStates; each update swaps in a whole new immutable mapping."""
 
@@ -172,6 +238,7 @@ class Store:
         self._lock = threading.Lock()
         self._states: Mapping[str, ProjectState] = MappingProxyType({})
         self._config_status = config_status
+        self._history_status: HistoryStatus | None = None
         self._generation = 0
         # Project name -> by when its next poll should have ended, and the mark of its poll in
         # flight (None between polls); copied on write, so that readers need no lock.
@@ -241,3 +308,14 @@ class Store:
         with self._lock:
             self._config_status = status
             self._generation += 1
+
+    @property
+    def history_status(self) -> HistoryStatus | None:
+        """None without --history.file."""
+        return self._history_status
+
+    def set_history_status(self, status: HistoryStatus) -> None:
+        with self._lock:
+            if status != self._history_status:
+                self._history_status = status
+                self._generation += 1

@@ -1074,12 +1074,21 @@ def exporter_health() -> Json:
         ),
         stat(
             5,
-            "Config (re)load",
-            about="Did the last configuration load or reload succeed? A failed reload keeps "
-            "the old configuration.",
+            "Config (re)load, history file",
+            about="Did the last configuration load or reload succeed (a failed reload keeps "
+            "the old configuration)? With --history.file: was it read at start, and did its "
+            "last write work?",
             pos=g.place(4, 5),
             queries=[
-                Query(selector("xapi_exporter_config_last_reload_successful", JOB), "{{instance}}")
+                Query(selector("xapi_exporter_config_last_reload_successful", JOB), "{{instance}}"),
+                Query(
+                    selector("xapi_exporter_history_file_load_success", JOB),
+                    "{{instance}}: history file read",
+                ),
+                Query(
+                    selector("xapi_exporter_history_file_write_success", JOB),
+                    "{{instance}}: history file written",
+                ),
             ],
             fields=field_config(
                 "none",
@@ -1098,15 +1107,26 @@ def exporter_health() -> Json:
         ),
         stat(
             7,
-            "Last successful config load",
-            about="When was the configuration last loaded successfully?",
+            "Config loaded, history kept",
+            about="When was the configuration last loaded successfully, when was the history "
+            "file last written, and how far back does each project's kept history go (the "
+            "forecast's year-ago step needs about 400 days)?",
             pos=g.place(5, 4),
             queries=[
                 Query(
                     selector("xapi_exporter_config_last_reload_success_timestamp_seconds", JOB)
                     + " * 1000",
                     "{{instance}}",
-                )
+                ),
+                Query(
+                    selector("xapi_exporter_history_file_last_write_timestamp_seconds", JOB)
+                    + " * 1000",
+                    "{{instance}}: history file written",
+                ),
+                Query(
+                    selector("xapi_exporter_history_oldest_day_timestamp_seconds") + " * 1000",
+                    "{{project}}: history since",
+                ),
             ],
             fields=field_config("dateTimeFromNow", thresholds=NEUTRAL),
         ),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -14,9 +14,10 @@ from prometheus_client import CollectorRegistry
 from exporter.client import RetryPolicy
 from exporter.collector import UsageCollector
 from exporter.config import Config, parse_config
+from exporter.history import HistoryFile
 from exporter.poller import Poller
 from exporter.simulator import SimProject, Simulator
-from exporter.snapshot import ConfigStatus, Store
+from exporter.snapshot import ConfigStatus, KeptDays, Store
 from tests.conftest import register_test_token
 
 NOW = datetime(2026, 11, 23, 15, 30, tzinfo=UTC)
@@ -55,6 +56,7 @@ class Harness:
     store: Store = field(init=False)
     poller: Poller = field(init=False)
     registry: CollectorRegistry = field(init=False)
+    history: HistoryFile | None = field(init=False, default=None)
 
     def config(self, **overrides: object) -> Config:
         """A config with one project per simulated one, tokens in files under tmp."""
@@ -73,10 +75,25 @@ class Harness:
         data.update(overrides)
         return parse_config(data, source="test", base_dir=self.tmp, environ={})
 
-    def start(self, config: Config | None = None) -> Harness:
+    def start(
+        self,
+        config: Config | None = None,
+        kept: Mapping[str, KeptDays] | None = None,
+        history_file: Path | None = None,
+    ) -> Harness:
+        """`kept`: days kept in an earlier run, by project name; `history_file`: read them from
+        that file, as --history.file does (then `self.history` writes it)."""
         config = config or self.config()
         self.store = Store(ConfigStatus(config.poll_interval, True, time.time()))
-        self.poller = Poller(config, self.store, clock=self.clock, retry=FAST_RETRY)
+        seeds: Callable[[str], KeptDays | None] | None = None
+        if kept is not None:
+            seeds = kept.get
+        self.history = None
+        if history_file is not None:
+            self.history = HistoryFile(history_file, self.store)
+            self.history.load()
+            seeds = self.history.kept_for
+        self.poller = Poller(config, self.store, clock=self.clock, retry=FAST_RETRY, kept=seeds)
         self.registry = CollectorRegistry()
         self.registry.register(UsageCollector(self.store, clock=self.clock))
         return self
@@ -105,3 +122,15 @@ def running(
         if hasattr(harness, "poller"):
             harness.poller.stop()
         simulator.stop()
+
+
+def one_project_config(directory: Path, simulator: Simulator, token: str) -> Path:
+    """config.yml for an exporter process: project p0 of `simulator`, its token in a file,
+    hourly polls (only the first one matters to a test), credits off."""
+    (directory / "token").write_text(token + "\n")
+    path = directory / "config.yml"
+    path.write_text(
+        f"api_base_url: {simulator.url}\npoll_interval: 1h\nrequest_timeout: 2s\n"
+        "credits: 'off'\nprojects: [{name: p0, bearer_token_file: token}]\n"
+    )
+    return path

@@ -98,7 +98,9 @@ def test_replay_at_a_step_serves_what_the_live_exporter_served(tmp_path: Path) -
         history = backtest.History(config.projects[0], answer, observed_until=end, history_days=86)
         for at in (earlier, end):
             clock.now = at
-            harness.start(config)
+            # The replay holds the days an exporter polling since the history began would have
+            # kept (backtest.kept_at); this one starts with them, as from --history.file.
+            harness.start(config, kept={"p0": backtest.kept_at(history, at)})
             harness.poll()
             live = _project_samples(harness.registry)
             replayed, _ = backtest.exposition_at(history, at)

@@ -17,10 +17,12 @@ from exporter.parse import Credits, parse_usage
 from exporter.snapshot import (
     ConfigStatus,
     CreditsSnapshot,
+    HistoryStatus,
     PollStatus,
     ProjectState,
     Store,
     build_usage,
+    keep_days,
 )
 from tests.conftest import require_tool
 
@@ -52,6 +54,7 @@ def _store() -> Store:
             requests={("usage", "200"): 9, ("usage", "503"): 2, ("credits", "200"): 3},
             errors={("usage", "server_error"): 2},
             configured_at=TAKEN - timedelta(days=3),
+            kept=keep_days(None, report, TAKEN),
         )
     )
     return store
@@ -95,7 +98,9 @@ def test_the_golden_figures_are_the_answer_s_figures() -> None:
 
 
 def test_help_texts_say_the_values_are_cached_and_no_sample_has_a_timestamp() -> None:
-    text = _render(_store(), TAKEN)
+    store = _store()
+    store.set_history_status(HistoryStatus(loaded_ok=True, write_ok=True, last_write=1.0))
+    text = _render(store, TAKEN)
     helps = [line for line in text.splitlines() if line.startswith("# HELP")]
     # The exporter's own facts are current at every scrape: saying "cached" would be untrue.
     current = {
@@ -104,7 +109,11 @@ def test_help_texts_say_the_values_are_cached_and_no_sample_has_a_timestamp() ->
         "xapi_exporter_config_last_reload_successful",
         "xapi_exporter_config_last_reload_success_timestamp_seconds",
         "xapi_exporter_project_configured_timestamp_seconds",
+        "xapi_exporter_history_file_load_success",
+        "xapi_exporter_history_file_write_success",
+        "xapi_exporter_history_file_last_write_timestamp_seconds",
     }
+    assert all(f"# HELP {name} " in text for name in current)
     for line in helps:
         name = line.split()[2]
         cached = "Cached: refreshed every poll_interval" in line

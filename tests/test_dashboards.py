@@ -48,6 +48,9 @@ PROCESS_WIDE = {
     "xapi_exporter_poll_interval_seconds",
     "xapi_exporter_config_last_reload_successful",
     "xapi_exporter_config_last_reload_success_timestamp_seconds",
+    "xapi_exporter_history_file_load_success",
+    "xapi_exporter_history_file_write_success",
+    "xapi_exporter_history_file_last_write_timestamp_seconds",
 }
 # Documented metrics that no panel needs to show, and why.
 NOT_ON_A_PANEL = {

@@ -70,7 +70,8 @@ def troubled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         " {name: odd, bearer_token_file: odd},"
         " {name: revoked, bearer_token_file: revoked}]\n"
     )
-    server = Exporter("--config.file", str(config))
+    # With --history.file, so that the health dashboard's history panels have data.
+    server = Exporter("--config.file", str(config), "--history.file", str(tmp / "history.json"))
     try:
         server.wait_ready()
         yield server.url

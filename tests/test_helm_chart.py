@@ -433,8 +433,37 @@ def test_args_listen_on_the_fixed_port_and_pass_log_settings() -> None:
         "--web.listen-address=:9879",
         "--log.level=debug",
         "--log.format=json",
+        "--history.file=/var/lib/x-usage-exporter/history.json",
     ]
     assert exporter["ports"] == [{"name": "http", "containerPort": 9879, "protocol": "TCP"}]
+
+
+def _volume(objects: list[Manifest], name: str) -> dict[str, Any] | None:
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    volumes = deployment["spec"]["template"]["spec"].get("volumes", [])
+    return next((v for v in volumes if v["name"] == name), None)
+
+
+def test_the_history_file_is_on_an_empty_dir_or_a_claim_and_can_be_left_out() -> None:
+    values = ci("minimal-values.yaml")
+    mount = {"name": "history", "mountPath": "/var/lib/x-usage-exporter"}
+    objects = manifests(values)
+    assert mount in container(objects)["volumeMounts"]
+    assert _volume(objects, "history") == {"name": "history", "emptyDir": {"sizeLimit": "64Mi"}}
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    assert "strategy" not in deployment["spec"]
+
+    claimed = manifests(values | {"history": {"existingClaim": "xue-history"}})
+    assert _volume(claimed, "history") == {
+        "name": "history",
+        "persistentVolumeClaim": {"claimName": "xue-history"},
+    }
+    deployment = next(o for o in claimed if o["kind"] == "Deployment")
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # one pod holds the claim
+
+    off = manifests(values | {"history": {"enabled": False}})
+    assert _volume(off, "history") is None
+    assert not any(a.startswith("--history.file") for a in container(off)["args"])
 
 
 def test_config_checksum_changes_when_config_values_change() -> None:

@@ -8,14 +8,17 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from exporter.config import CapResetDayMeans, ProjectConfig, TokenSource
+from exporter.forecast import KEEP_DAYS
 from exporter.parse import UsageReport
 from exporter.snapshot import (
     UNKNOWN_PROJECT_ID,
     ConfigStatus,
+    KeptDays,
     PollStatus,
     ProjectState,
     Store,
     build_usage,
+    keep_days,
 )
 
 DOM = CapResetDayMeans.DAY_OF_MONTH
@@ -135,3 +138,40 @@ def test_without_any_day_today_is_known_only_for_a_cycle_without_usage() -> None
     stale = {now.date() - timedelta(days=120): 9}
     old = build_usage(_report(project_usage=5, daily=stale), now=now, means=DOM, post_read_usd=0)
     assert old.consumed_today is None
+
+
+def test_kept_days_take_the_answer_over_the_old_days_and_stop_at_the_bound() -> None:
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    today = now.date()
+    old = {today - timedelta(days=k): 100 for k in range(1, KEEP_DAYS + 30)}
+    before = KeptDays.of("42", old)
+    answer = {today - timedelta(days=1): 7, today - timedelta(days=2): 8, today: 9}
+    kept = keep_days(before, _report(daily=answer), now)
+    assert kept.project_id == "42"
+    assert kept.days[today - timedelta(days=1)] == 7  # a revised day: the answer wins
+    assert today not in kept.days  # today is not complete yet
+    assert min(kept.days) == today - timedelta(days=KEEP_DAYS)
+    assert len(kept.days) == KEEP_DAYS
+    # Nothing new: the same object, which tells the history file there is nothing to write.
+    assert keep_days(kept, _report(daily=answer), now) is kept
+    # Another X project behind the same name: its days are not this one's.
+    other = keep_days(kept, _report(project_id="43", daily=answer), now)
+    assert other.project_id == "43" and dict(other.days) == {
+        today - timedelta(days=1): 7,
+        today - timedelta(days=2): 8,
+    }
+
+
+def test_the_forecast_reads_the_kept_days_of_the_same_project_only() -> None:
+    now = datetime(2026, 11, 23, 12, tzinfo=UTC)
+    today = now.date()
+    answer = {today - timedelta(days=k): 1_000 for k in range(0, 90)}
+    # A year ago the days ahead were three times as busy as the weeks before them.
+    old = {today - timedelta(days=k): 1_000 * (3 if k <= 364 else 1) for k in range(90, KEEP_DAYS)}
+    report = _report(daily=answer)
+    plain = build_usage(report, now=now, means=DOM, post_read_usd=0.005)
+    for project_id, changed in (("42", True), ("43", False)):
+        kept = KeptDays.of(project_id, old | answer)
+        usage = build_usage(report, now=now, means=DOM, post_read_usd=0.005, kept=kept)
+        assert (usage.forecast != plain.forecast) is changed
+        assert usage.daily == plain.daily  # the answer's days, as before: the page and sums

@@ -27,7 +27,7 @@ from exporter.errors import ConfigError
 from exporter.simulator import Simulator
 from exporter.web import WebServer
 from tests.conftest import record_log, require_tool
-from tests.harness import sim_project
+from tests.harness import one_project_config, sim_project
 from tests.servers import Exporter
 
 TOKEN = "token-Wq7cfgZ-aaaaaaaaaaaaaaaaaaaaaa"  # no fragment of it is a word a log could hold
@@ -145,13 +145,7 @@ def simulator() -> Iterator[Simulator]:
 
 
 def _exporter_config(directory: Path, simulator: Simulator) -> Path:
-    (directory / "token").write_text(TOKEN + "\n")
-    path = directory / "config.yml"
-    path.write_text(
-        f"api_base_url: {simulator.url}\npoll_interval: 1h\nrequest_timeout: 2s\ncredits: 'off'\n"
-        "projects: [{name: p0, bearer_token_file: token}]\n"
-    )
-    return path
+    return one_project_config(directory, simulator, TOKEN)
 
 
 @dataclass
