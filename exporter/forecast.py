@@ -46,8 +46,9 @@ GUARD_FACTOR = 2.0  # a partner now twice as far off one before it as ever in th
 MAX_LOG_SD = 1.0  # bounds the lognormal mean correction on wild series
 MAX_BAND_LOG_SD = 3.0  # bounds the band (x 46 at most) so absurd histories stay finite
 MAX_LOG_POSTS = 50.0  # bounds a day's forecast (e^50 Posts) so runaway trends stay finite
-# The year-ago member (docs/forecasting.md, step 8): the same days 52 weeks earlier (same
-# weekday, one or two calendar days off), scaled by how the last four weeks compare with theirs.
+# The year-ago forecast (docs/forecasting.md, step 8): the same days 52 weeks earlier (same
+# weekday, one or two calendar days off), scaled by how the structured model's days (the last
+# four weeks, or the days after a step) compare with theirs.
 SEASON_DAYS = 364
 RECENT_DAYS = 90  # the endpoint's window: steps 1-7 read these days only, however many are kept
 # Days a forecast can use: a year and four weeks before the backtest's earliest origin, which
@@ -243,10 +244,10 @@ def _season_ratio(days: _Kept, since: date | None, anchor: date) -> float | None
     first = anchor - (FIT_WINDOW_DAYS - 1) * _DAY if since is None else since
     window = (anchor - first).days + 1
     pairs = [
-        (now, before)
+        (this_year, year_before)
         for d in (first + k * _DAY for k in range(window))
-        if (now := days.get(d)) is not None
-        and (before := days.get(d - SEASON_DAYS * _DAY)) is not None
+        if (this_year := days.get(d)) is not None
+        and (year_before := days.get(d - SEASON_DAYS * _DAY)) is not None
     ]
     before = sum(b for _, b in pairs)
     if len(pairs) < max(MIN_SEASON_SHARE * window, MIN_SEGMENT_DAYS) or before <= 0.0:

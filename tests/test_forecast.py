@@ -1017,3 +1017,147 @@ def test_daily_baseline_skips_missing_days_and_is_none_without_data() -> None:
     assert daily_baseline({today - DAY: 10, today - 3 * DAY: 30}, today) == 20.0
     assert daily_baseline({today: 500, today - 8 * DAY: 7}, today) is None
     assert daily_baseline({}, today, days=30) is None
+
+
+def _flat_year(today: date, seed: int = 3) -> dict[date, int]:
+    """KEEP_DAYS complete days of a flat weekly rhythm with 10% noise, and half of today."""
+    daily = year_of_days(today, lambda day: 10_000.0, seed)
+    return daily | {today: 6_000}
+
+
+def test_the_year_ago_day_is_the_same_weekday_52_weeks_before() -> None:
+    # One day a year ago read 50 times the usual: the year-ago forecast expects it again on the
+    # day 364 days later (the same weekday), and the projected path reaches the cap on it.
+    today = NOON_DAY_11.date()
+    daily = _flat_year(today)
+    spike = today + 5 * DAY
+    daily[spike - 52 * 7 * DAY] = 600_000  # 364 days: the same weekday
+    usual = forecast(daily, 0)
+    assert usual.exhaustion is None
+    rest = usual.projected
+    capped = forecast(daily, 0, cap=round(rest * 0.5))
+    assert capped.exhaustion is not None and capped.exhaustion.date() == spike
+
+
+@pytest.mark.parametrize("last", [0, 1], ids=["cycle-last-day", "day-after-the-cycle"])
+def test_without_every_day_ahead_a_year_before_steps_1_to_7_stand_alone(last: int) -> None:
+    today = NOON_DAY_11.date()
+    daily = _flat_year(today) | {
+        today - k * DAY: 30_000
+        for k in range(forecast_module.SEASON_DAYS - 19, forecast_module.SEASON_DAYS + 1)
+    }  # a busy stretch a year before the days ahead: the year-ago forecast would move a lot
+    recent = {d: v for d, v in daily.items() if d >= today - 90 * DAY}
+    gap = CYCLE_END.date() - DAY + last * DAY - forecast_module.SEASON_DAYS * DAY
+    del daily[gap]
+    if last == 0:  # the cycle's last day was not seen a year before
+        assert forecast(daily, 0) == forecast(recent, 0)
+    else:  # a day after the cycle is not needed
+        assert forecast(daily, 0) != forecast(recent, 0)
+
+
+def test_the_year_ago_ratio_needs_three_quarters_of_the_level_s_days_known_in_both_years() -> None:
+    today = NOON_DAY_11.date()
+    daily = _flat_year(today) | {
+        today - k * DAY: 30_000
+        for k in range(forecast_module.SEASON_DAYS - 19, forecast_module.SEASON_DAYS + 1)
+    }
+    recent = {d: v for d, v in daily.items() if d >= today - 90 * DAY}
+    # The level's 28 days (to yesterday), a year before: 7 of them unknown still leaves 21.
+    year_before = [today - (forecast_module.SEASON_DAYS + k) * DAY for k in range(1, 29)]
+    seven, eight = dict(daily), dict(daily)
+    for day in year_before[:7]:
+        del seven[day]
+    for day in year_before[:8]:
+        del eight[day]
+    assert forecast(seven, 0) != forecast(recent, 0)
+    assert forecast(eight, 0) == forecast(recent, 0)
+
+
+def test_kept_days_reach_as_far_back_as_step_8_reads_at_the_longest_horizon() -> None:
+    # A 31-day cycle asked at its first minute: the backtest's earliest origin lies 52 days back
+    # and the year before its level's first day about 443. That oldest day is read (one day
+    # less changes the forecast), no older one is (more days change nothing), and KEEP_DAYS
+    # reaches it.
+    now = datetime(2026, 3, 1, 0, 1, tzinfo=UTC)
+    end = datetime(2026, 4, 1, tzinfo=UTC)
+    today = now.date()
+    longer = year_of_days(today, lambda day: 10_000.0, seed=5, days=forecast_module.KEEP_DAYS + 30)
+    longer[today] = 10
+
+    def projected(days: int) -> Forecast:
+        daily = {d: v for d, v in longer.items() if d >= today - days * DAY}
+        return forecast_cycle(
+            daily=daily, consumed=10, now=now, cycle_start=now, cycle_end=end, cap=None
+        )
+
+    recent = {d: v for d, v in longer.items() if d >= today - 90 * DAY}
+    history = forecast_module._usable_history(recent, today, False)
+    backtest = forecast_module._fitted(forecast_module._packed(history), 31)[5]
+    level_days = [since for _, since, *_ in backtest if since is not None]
+    assert len(level_days) == forecast_module.BACKTEST_ORIGINS
+    oldest = (today - min(level_days)).days + forecast_module.SEASON_DAYS
+    assert oldest <= forecast_module.KEEP_DAYS
+    full = projected(forecast_module.KEEP_DAYS + 30)
+    assert projected(oldest) == full
+    assert projected(oldest - 1) != full
+
+
+def test_the_year_ago_forecast_weighs_the_inverse_of_its_squared_past_errors_plus_the_prior() -> (
+    None
+):
+    # Flat usage in both years: the year-ago forecast of each past span of 10 days is exact;
+    # steps 1-7's (given) missed each of the 21 by log 2. Weights as in step 7, and the band's
+    # error is the blend's over the same 21 origins with one prior pseudo-error.
+    today = NOON_DAY_11.date()
+    history = {today - k * DAY: 1000.0 for k in range(1, 91)}
+    kept = {today - k * DAY: 1000.0 for k in range(1, forecast_module.KEEP_DAYS + 1)}
+    season = forecast_module._YearAgo(
+        forecast_module._Kept(forecast_module._packed(kept)), ratio=1.0
+    )
+    backtest = [  # as _backtest gives them: origin, the level's first day, span, actual, forecast
+        (today - (11 + back) * DAY, today - (38 + back) * DAY, 10, 10_000.0, 20_000.0)
+        for back in range(21)
+    ]
+    weight, band_sd = forecast_module._season_weight(
+        season, forecast_module._packed(history), backtest, 10.0, 0.5
+    )
+    prior = forecast_module.PRIOR_LOG_SD**2
+    miss = math.log(10_001 / 20_001)
+    inverse = (1.0 / (prior + 21 * miss**2), 1.0 / prior)
+    assert weight == pytest.approx(inverse[1] / sum(inverse), rel=1e-9)
+    blend = math.log(10_001 / ((1.0 - weight) * 20_000 + weight * 10_000 + 1))
+    assert band_sd == pytest.approx(math.sqrt((prior + 21 * blend**2) / 22), rel=1e-9)
+
+
+def test_a_project_without_usage_a_year_ago_gets_no_year_ago_forecast() -> None:
+    # Kept zeros a year before the level's days (the project existed, unused): no ratio.
+    today = NOON_DAY_11.date()
+    daily = _flat_year(today) | {
+        today - (forecast_module.SEASON_DAYS + k) * DAY: 0 for k in range(0, 40)
+    }
+    recent = {d: v for d, v in daily.items() if d >= today - 90 * DAY}
+    assert forecast(daily, 0) == forecast(recent, 0)
+
+
+def test_without_a_year_before_the_backtest_s_origins_step_8_cannot_earn_a_weight() -> None:
+    # 392 days: a year before the level's last 28 days, none before the backtest's origins
+    # (each 21-40 days back): nothing to weigh it by, so steps 1-7 stand alone.
+    today = NOON_DAY_11.date()
+    daily = year_of_days(today, lambda day: 10_000.0, seed=3, days=392) | {today: 6_000}
+    recent = {d: v for d, v in daily.items() if d >= today - 90 * DAY}
+    assert forecast(daily, 0) == forecast(recent, 0)
+
+
+def test_origins_whose_level_was_not_seen_a_year_before_are_left_out_of_the_weighting() -> None:
+    # The year before the days 58-79 back is unknown: the backtest's earliest origins have no
+    # year-ago ratio although the year before their spans is known. They are skipped; the
+    # later origins still weigh the year-ago forecast in.
+    today = NOON_DAY_11.date()
+    daily = _flat_year(today) | {
+        today - k * DAY: 30_000
+        for k in range(forecast_module.SEASON_DAYS - 19, forecast_module.SEASON_DAYS + 1)
+    }
+    for k in range(58, 80):
+        del daily[today - (forecast_module.SEASON_DAYS + k) * DAY]
+    recent = {d: v for d, v in daily.items() if d >= today - 90 * DAY}
+    assert forecast(daily, 0).projected > forecast(recent, 0).projected * 1.05
