@@ -176,9 +176,8 @@ def kept_at(history: History, at: datetime) -> KeptDays:
 
 def exposition_at(history: History, at: datetime) -> tuple[UsageCollector, UsageSnapshot]:
     """The collector serving /metrics at `at`, over the snapshot the poller would have built."""
-    answer = answer_at(history, at)
     usage = build_usage(
-        answer,
+        answer_at(history, at),
         now=at,
         means=history.means,
         post_read_usd=history.post_read_usd,

@@ -347,27 +347,28 @@ class UsageCollector(Collector):
         ).add_metric([], config_status.last_reload_success)
         history = self._store.history_status
         if history is not None:
-            f.gauge(
-                "xapi_exporter_history_file_load_success",
-                "1 if --history.file was read at start (or did not exist yet), 0 if it could not "
-                "be used and was moved aside.",
-                [],
-                CURRENT,
-            ).add_metric([], 1 if history.loaded_ok else 0)
-            if history.write_ok is not None:
-                f.gauge(
+            # Each absent until it means something: no write before the first, no time before
+            # the first that worked.
+            for name, help_text, value in (
+                (
+                    "xapi_exporter_history_file_load_success",
+                    "1 if --history.file was read at start (or did not exist yet), 0 if it "
+                    "could not be used and was moved aside.",
+                    float(history.loaded_ok),
+                ),
+                (
                     "xapi_exporter_history_file_write_success",
                     "1 if the last write of --history.file succeeded.",
-                    [],
-                    CURRENT,
-                ).add_metric([], 1 if history.write_ok else 0)
-            if history.last_write is not None:
-                f.gauge(
+                    None if history.write_ok is None else float(history.write_ok),
+                ),
+                (
                     "xapi_exporter_history_file_last_write_timestamp_seconds",
                     "When --history.file was last written successfully.",
-                    [],
-                    CURRENT,
-                ).add_metric([], history.last_write)
+                    history.last_write,
+                ),
+            ):
+                if value is not None:
+                    f.gauge(name, help_text, [], CURRENT).add_metric([], value)
         f.gauge(
             "xapi_exporter_build_info", "Exporter version, always 1.", ["version"], CURRENT
         ).add_metric([__version__], 1)
